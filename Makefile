@@ -1,0 +1,35 @@
+# The two commands a newcomer runs: `make run` (the whole pipeline on the example corpus)
+# and `make test`. Both install what they need on first use.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+PIP := $(VENV)/bin/pip
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: run test install services-up services-down bench
+
+install: $(STAMP)
+
+# torch first from the local CPU wheel, then the pinned stack, then DeepSpeed built against that
+# torch (its sdist imports torch at build time; build isolation would download a CUDA torch).
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-build-isolation deepspeed==0.19.8
+	$(PIP) install -q --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/ladder run --profile tiny
+
+# Headless Chromium drives the Prefect and MLflow UIs in the browser test.
+test: $(STAMP)
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(VENV)/bin/python $$b || exit 1; done

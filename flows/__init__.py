@@ -1,0 +1,1 @@
+"""Prefect flows: each composes tasks and only orchestrates."""

@@ -1,0 +1,1 @@
+"""ladder: replicate an LLM as one reproducible, orchestrated pipeline."""

@@ -1,0 +1,70 @@
+"""MLflow runs with ladder's lineage: config and its hash, git commit, stage version, inputs.
+
+Every experiment's artifact location is a directory under the workspace, whether the client
+talks to the tracking server or writes the SQLite store directly: both see the same files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from ladder.artifacts import Artifact
+from ladder.config import Section
+from ladder.workspace import Workspace
+
+EXPERIMENT = "ladder"
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def experiment_id(ws: Workspace, name: str = EXPERIMENT) -> str:
+    """The experiment's id, created with an artifact location inside the workspace."""
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", ws.mlflow_db_uri))
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = (ws.mlflow_artifact_root / name).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def stage_run(
+    ws: Workspace,
+    stage: str,
+    config: Section,
+    artifact: Artifact | None = None,
+    tags: dict[str, str] | None = None,
+    nested: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run for one stage, carrying the lineage every run must have."""
+    exp = experiment_id(ws)
+    with mlflow.start_run(experiment_id=exp, run_name=stage, nested=nested) as run:
+        mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config.to_dict()).items()})
+        mlflow.log_param("config_hash", config.hash())
+        mlflow.log_text(config.to_yaml(), "config.yaml")
+        lineage = {"ladder.stage": stage, "ladder.git_commit": ws.git_commit()}
+        if artifact is not None:
+            lineage["ladder.artifact_version"] = artifact.version
+            lineage["ladder.artifact_path"] = str(artifact.path)
+            for name, version in artifact.manifest["inputs"].items():
+                lineage[f"ladder.input.{name}"] = str(version)
+        lineage.update(tags or {})
+        mlflow.set_tags(lineage)
+        yield run

@@ -1,0 +1,1 @@
+"""Units of work: plain typed functions, each wrapped as a Prefect task."""
