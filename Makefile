@@ -21,6 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-build-isolation deepspeed==0.19.8
 	$(PIP) install -q --no-deps -e .
+	$(VENV)/bin/python -m tasks.data.corpus
 	touch $(STAMP)
 
 run: $(STAMP)

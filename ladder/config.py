@@ -48,7 +48,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ValueError(f"override {item!r} is not of the form dotted.key=value (e.g. train.lr=3e-4)")
-    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+    value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(value, str):
+        # YAML 1.1 reads "3e-4" (no dot) as a string; a user typing it means a number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.split("."), value
 
 
 def _set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
