@@ -1,0 +1,189 @@
+"""Decoder-only transformer as a Hugging Face Llama: pre-norm RMSNorm, RoPE, SwiGLU.
+
+The model is a stock ``transformers`` class, so a checkpoint written with ``save_pretrained``
+loads in TRL, lm-eval and ``mlflow.transformers`` through ``AutoModelForCausalLM`` with no
+custom code. Two stability options from OLMo 2 are covered:
+
+- **QK-norm** (RMSNorm on queries and keys before RoPE). ``LlamaForCausalLM`` has none, so
+  with ``qk_norm=True`` the model is a ``Qwen3ForCausalLM``: Qwen3's decoder layer is Llama's
+  (pre-norm, RoPE, SwiGLU, GQA) plus a per-head RMSNorm on q and k. Olmo2 was not chosen
+  because it also moves the block norms after attention and MLP (post-norm), which would
+  change two things at once.
+- **z-loss** is a loss term, not a module: ``causal_lm_loss`` adds
+  ``z_loss * mean(logsumexp(logits)^2)`` (PaLM; OLMo 2 uses 1e-5).
+
+Parameter and FLOP counts are analytic (``count_params``, ``flops_per_token``) so the scaling
+ladder can size a model without building it; a test holds them equal to the built model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
+
+from ladder.config import Section
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel
+
+IGNORE_INDEX = -100
+
+
+class ModelConfig(Section):
+    """Shape and options of the decoder; defaults are the ``tiny`` CPU profile."""
+
+    vocab_size: int = Field(4096, gt=0, description="Vocabulary size; must match the tokenizer's.")
+    d_model: int = Field(64, gt=0, description="Width of the residual stream (HF hidden_size).")
+    n_layers: int = Field(2, gt=0, description="Number of decoder blocks.")
+    n_heads: int = Field(2, gt=0, description="Query heads; head_dim = d_model / n_heads.")
+    n_kv_heads: int = Field(2, gt=0, description="Key/value heads (grouped-query attention when < n_heads).")
+    intermediate_size: int = Field(192, gt=0, description="Hidden width of the SwiGLU MLP.")
+    max_seq_len: int = Field(256, gt=0, description="Longest sequence RoPE is set up for.")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
+    rms_norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every RMSNorm.")
+    tie_embeddings: bool = Field(True, description="Share the input embedding with the output projection.")
+    qk_norm: bool = Field(False, description="RMSNorm on queries and keys per head (builds a Qwen3ForCausalLM).")
+    z_loss: float = Field(0.0, ge=0, description="Coefficient of the z-loss term mean(logsumexp^2); 0 turns it off.")
+    init_std: float = Field(0.02, gt=0, description="Std of the normal init of linear and embedding weights.")
+    attn_implementation: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="Attention kernel; both honour the 4D document mask (see attention_mask_for)."
+    )
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head_dim={self.d_model // self.n_heads} must be even for RoPE; change d_model or n_heads")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_hf(
+        self,
+        *,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+    ) -> PretrainedConfig:
+        """The Hugging Face config: a ``LlamaConfig``, or a ``Qwen3Config`` when ``qk_norm``."""
+        from transformers import LlamaConfig, Qwen3Config
+
+        common = dict(
+            vocab_size=self.vocab_size,
+            hidden_size=self.d_model,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.n_layers,
+            num_attention_heads=self.n_heads,
+            num_key_value_heads=self.n_kv_heads,
+            head_dim=self.head_dim,
+            hidden_act="silu",
+            max_position_embeddings=self.max_seq_len,
+            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+            rms_norm_eps=self.rms_norm_eps,
+            tie_word_embeddings=self.tie_embeddings,
+            initializer_range=self.init_std,
+            attention_bias=False,
+            attention_dropout=0.0,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            attn_implementation=self.attn_implementation,
+        )
+        if self.qk_norm:
+            return Qwen3Config(**common, use_sliding_window=False)
+        return LlamaConfig(**common, mlp_bias=False)
+
+
+def build_model(cfg: ModelConfig, *, seed: int = 0, **special_token_ids: int | None) -> PreTrainedModel:
+    """A freshly initialised fp32 model; the same ``cfg`` and ``seed`` give the same weights.
+
+    ``special_token_ids`` (bos_token_id, eos_token_id, pad_token_id) go into the saved config
+    so that generation and evaluation tools find them.
+    """
+    import torch
+    from transformers import LlamaForCausalLM, Qwen3ForCausalLM
+
+    model_cls = Qwen3ForCausalLM if cfg.qk_norm else LlamaForCausalLM
+    # fork_rng keeps the caller's RNG stream untouched by model construction.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_cls(cfg.to_hf(**special_token_ids))
+
+
+def attention_mask_for(mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean (B, 1, T, T) mask (True = may attend) in the form ``attn_implementation`` honours.
+
+    transformers passes a 4D mask to the kernel unchanged. sdpa takes it as boolean; eager
+    *adds* it to the scores, so it needs 0 / dtype-min (a boolean there would add 0 or 1
+    and leak across documents).
+    """
+    import torch
+
+    if mask.dim() != 4 or mask.dtype != torch.bool:
+        raise ValueError(f"expected a boolean (B, 1, T, T) mask, got {mask.dtype} of shape {tuple(mask.shape)}")
+    if attn_implementation == "sdpa":
+        return mask
+    if attn_implementation == "eager":
+        additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return additive.masked_fill_(~mask, torch.finfo(dtype).min)
+    raise ValueError(f"attn_implementation {attn_implementation!r} is not supported: use 'sdpa' or 'eager'")
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, z_loss: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-mean cross entropy plus ``z_loss * mean(logsumexp^2)`` over predicted tokens.
+
+    ``labels`` (B, T) are already aligned with ``logits`` (B, T, V): ``labels[:, t]`` is the
+    target of position t (the loader shifts them), unlike HF's ``labels=`` argument, which
+    shifts again. Positions labelled ``IGNORE_INDEX`` count in neither term. Computed in fp32.
+    Returns the loss and its detached parts: ``ce``, ``z`` and ``tokens`` (how many targets).
+    """
+    import torch
+
+    logits = logits.float()
+    valid = labels != IGNORE_INDEX  # (B, T)
+    lse = torch.logsumexp(logits, dim=-1)  # (B, T)
+    target_logit = logits.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+    # Clamp, not an if: a host sync per step costs more than the rare all-ignored batch.
+    tokens = valid.sum().clamp(min=1)
+    ce = ((lse - target_logit) * valid).sum() / tokens
+    z = (lse.square() * valid).sum() / tokens
+    loss = ce + z_loss * z if z_loss else ce
+    return loss, {"ce": ce.detach(), "z": z.detach(), "tokens": valid.sum().detach()}
+
+
+def count_params(cfg: ModelConfig) -> dict[str, int]:
+    """Exact parameter counts: ``embedding`` (input table, plus the output projection when
+    untied), ``non_embedding`` (blocks and final norm: Kaplan's N) and ``total``."""
+    d, hd = cfg.d_model, cfg.head_dim
+    attention = d * cfg.n_heads * hd * 2 + d * cfg.n_kv_heads * hd * 2  # q, o + k, v
+    mlp = 3 * d * cfg.intermediate_size  # gate, up, down
+    norms = 2 * d + (2 * hd if cfg.qk_norm else 0)
+    non_embedding = cfg.n_layers * (attention + mlp + norms) + d  # + final norm
+    embedding = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    return {"embedding": embedding, "non_embedding": non_embedding, "total": embedding + non_embedding}
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, *, include_logits: bool = False) -> float:
+    """Training FLOPs per token: ``6 * N + 6 * n_layers * seq_len * d_model`` (Kaplan et al. 2020).
+
+    N is the non-embedding count; 6 = 2 (multiply-add) x 3 (forward + backward). The attention
+    term is the QK^T and AV products with the causal mask's half discounted (PaLM's
+    ``12 * L * T * d`` without the discount). ``include_logits`` adds the output projection,
+    ``6 * d_model * vocab_size``, which Kaplan leaves out but a small model spends much of its
+    compute on; use it for MFU.
+    """
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    flops = 6.0 * count_params(cfg)["non_embedding"] + 6.0 * cfg.n_layers * seq_len * cfg.d_model
+    if include_logits:
+        flops += 6.0 * cfg.d_model * cfg.vocab_size
+    return flops

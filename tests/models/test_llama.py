@@ -1,0 +1,147 @@
+"""The model definition: exact counts, determinism, the loss, the masks, and HF round trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from models.llama import (
+    IGNORE_INDEX,
+    ModelConfig,
+    attention_mask_for,
+    build_model,
+    causal_lm_loss,
+    count_params,
+    flops_per_token,
+)
+
+VOCAB = 97
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("tie_embeddings", [False, True])
+@pytest.mark.parametrize("n_kv_heads", [1, 2])
+def test_count_params_equals_built_model(qk_norm: bool, tie_embeddings: bool, n_kv_heads: int) -> None:
+    cfg = ModelConfig(vocab_size=VOCAB, qk_norm=qk_norm, tie_embeddings=tie_embeddings, n_kv_heads=n_kv_heads)
+    model = build_model(cfg)
+    counts = count_params(cfg)
+    # parameters() yields a tied weight once, as the analytic count does.
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    if not tie_embeddings:
+        embedding += model.get_output_embeddings().weight.numel()
+    assert counts["embedding"] == embedding
+    assert counts["non_embedding"] == counts["total"] - embedding
+
+
+def test_qk_norm_selects_a_model_with_query_and_key_norms() -> None:
+    plain = build_model(ModelConfig(vocab_size=VOCAB))
+    normed = build_model(ModelConfig(vocab_size=VOCAB, qk_norm=True))
+    assert type(plain).__name__ == "LlamaForCausalLM"
+    assert type(normed).__name__ == "Qwen3ForCausalLM"
+    attention = normed.model.layers[0].self_attn
+    assert attention.q_norm.weight.shape == (normed.config.head_dim,)
+    assert not hasattr(plain.model.layers[0].self_attn, "q_norm")
+
+
+def test_build_is_deterministic_and_leaves_the_callers_rng_alone() -> None:
+    cfg = ModelConfig(vocab_size=VOCAB, init_std=0.05)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = build_model(cfg, seed=7)
+    assert torch.equal(torch.rand(1), before)
+    second = build_model(cfg, seed=7)
+    other = build_model(cfg, seed=8)
+    for a, b, c in zip(first.parameters(), second.parameters(), other.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(first.model.embed_tokens.weight, other.model.embed_tokens.weight)
+    std = first.model.layers[0].mlp.up_proj.weight.std().item()
+    assert std == pytest.approx(0.05, rel=0.1)
+
+
+def test_to_hf_carries_every_field() -> None:
+    cfg = ModelConfig(vocab_size=VOCAB, d_model=96, n_heads=3, n_kv_heads=1, rope_theta=5e5, max_seq_len=64,
+                      rms_norm_eps=1e-6, tie_embeddings=False, attn_implementation="eager")
+    hf = cfg.to_hf(eos_token_id=2, pad_token_id=0)
+    assert (hf.hidden_size, hf.num_attention_heads, hf.num_key_value_heads, hf.head_dim) == (96, 3, 1, 32)
+    assert hf.rope_parameters["rope_theta"] == 5e5
+    assert (hf.max_position_embeddings, hf.rms_norm_eps, hf.tie_word_embeddings) == (64, 1e-6, False)
+    assert (hf.eos_token_id, hf.pad_token_id, hf._attn_implementation) == (2, 0, "eager")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"d_model": 64, "n_heads": 3}, {"n_heads": 4, "n_kv_heads": 3}, {"d_model": 66, "n_heads": 2}, {"z_loss": -1.0}],
+)
+def test_bad_shapes_are_rejected(fields: dict) -> None:
+    with pytest.raises(ValueError):
+        ModelConfig(**fields)
+
+
+def test_loss_is_token_mean_cross_entropy_plus_z_loss() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, VOCAB, generator=generator) * 3
+    labels = torch.randint(0, VOCAB, (2, 5), generator=generator)
+    labels[0, 3:] = IGNORE_INDEX
+    loss, parts = causal_lm_loss(logits, labels, z_loss=0.0)
+    expected = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(loss, expected)
+    assert parts["tokens"].item() == 8
+
+    lse = torch.logsumexp(logits, dim=-1)[labels != IGNORE_INDEX]
+    with_z, parts = causal_lm_loss(logits, labels, z_loss=1e-2)
+    torch.testing.assert_close(parts["z"], lse.square().mean())
+    torch.testing.assert_close(with_z, expected + 1e-2 * lse.square().mean())
+
+
+def test_loss_of_a_batch_with_nothing_to_predict_is_zero_not_nan() -> None:
+    logits = torch.randn(1, 4, VOCAB, requires_grad=True)
+    loss, parts = causal_lm_loss(logits, torch.full((1, 4), IGNORE_INDEX), z_loss=1e-4)
+    loss.backward()
+    assert loss.item() == 0.0 and parts["tokens"].item() == 0
+    assert torch.count_nonzero(logits.grad) == 0
+
+
+def test_flops_per_token_follows_kaplan() -> None:
+    cfg = ModelConfig(vocab_size=1000, d_model=64, n_layers=2, n_heads=2, intermediate_size=192)
+    non_embedding = 2 * (4 * 64 * 64 + 3 * 64 * 192 + 2 * 64) + 64
+    assert count_params(cfg)["non_embedding"] == non_embedding
+    assert flops_per_token(cfg, 128) == 6 * non_embedding + 6 * 2 * 128 * 64
+    assert flops_per_token(cfg, 128, include_logits=True) == flops_per_token(cfg, 128) + 6 * 64 * 1000
+    with pytest.raises(ValueError, match="seq_len"):
+        flops_per_token(cfg, 0)
+
+
+def test_attention_mask_for_each_kernel() -> None:
+    mask = torch.tril(torch.ones(3, 3, dtype=torch.bool))[None, None]
+    assert attention_mask_for(mask, "sdpa", torch.float32) is mask
+    additive = attention_mask_for(mask, "eager", torch.bfloat16)
+    assert additive.dtype == torch.bfloat16
+    assert torch.equal(additive == 0, mask)
+    assert additive[0, 0, 0, 1].item() == torch.finfo(torch.bfloat16).min
+    with pytest.raises(ValueError, match="boolean"):
+        attention_mask_for(mask.float(), "sdpa", torch.float32)
+    with pytest.raises(ValueError, match="flash"):
+        attention_mask_for(mask, "flash_attention_2", torch.float32)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_save_pretrained_reloads_with_auto_class(tmp_path, qk_norm: bool) -> None:
+    cfg = ModelConfig(vocab_size=VOCAB, qk_norm=qk_norm, tie_embeddings=not qk_norm)
+    model = build_model(cfg, seed=3, eos_token_id=1).eval()
+    with torch.no_grad():  # perturb the norms so an ignored weight would show
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(torch.linspace(-0.5, 0.5, param.numel()))
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert type(reloaded) is type(model)
+    assert reloaded.config.eos_token_id == 1
+    input_ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=input_ids).logits, model(input_ids=input_ids).logits, rtol=0, atol=0)
