@@ -1,0 +1,32 @@
+"""The data flow: raw corpus -> quality-gated, deduplicated, split dataset, versioned by DVC, tracked in MLflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from ladder.config import load
+from ladder.project import ProjectConfig
+from ladder.workspace import Workspace
+from tasks.data.corpus import corpus_version, list_inputs
+from tasks.data.curate import curate
+from tasks.data.version import log_dataset, publish_summary, summarize, version_dataset
+
+
+@flow(name="data")
+def data_flow(profile: str = "tiny", overrides: list[str] | None = None) -> dict[str, Any]:
+    """Curate and version the dataset of ``profile`` (with dotted ``overrides`` of its ``data`` section).
+
+    Returns ``dataset_md5`` (the DVC md5, the dataset version), ``artifact_version``, ``cached`` (an
+    unchanged corpus and config did no work), ``counts`` (files, documents kept and quarantined by
+    reason, per split), ``data_docs`` (the quality report's HTML) and ``mlflow_run_id``.
+    """
+    cfg = load(ProjectConfig, profile, overrides or []).data
+    ws = Workspace.from_env()
+    files = list_inputs(cfg.input)
+    artifact, cached = curate(ws, cfg, files, corpus_version(files))
+    md5 = version_dataset(ws, artifact)
+    summary = summarize(artifact, md5, cached, log_dataset(ws, cfg, artifact, md5, cached))
+    publish_summary(summary)
+    return summary

