@@ -121,3 +121,190 @@ def data(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun
 
     result = _run_stage("data", ["data"], dry_run, profile, overrides, data_flow)
     _show("data stage", result)
+
+
+@app.command()
+def tokenizer(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun = False) -> None:
+    """Train tokenizer candidates, compare them, choose one by rule, write packed shards."""
+    from flows.tokenizer import tokenizer_flow
+
+    result = _run_stage("tokenizer", ["tokenizer"], dry_run, profile, overrides, tokenizer_flow)
+    table = Table(title="tokenizer candidates (validation split)")
+    rows = result.pop("table")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+    _show("tokenizer stage", result)
+
+
+DeploymentNames = Annotated[
+    list[str] | None,
+    typer.Option("--name", "-n", help="Only this deployment of infra/prefect.yaml (repeatable; default: all)."),
+]
+
+
+@app.command()
+def deploy(
+    names: DeploymentNames = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Serve the deployments in this process (no work pool or worker) until Ctrl-C.")
+    ] = False,
+) -> None:
+    """Register the deployments of infra/prefect.yaml with the running Prefect server."""
+    from ladder import deploy as deployments
+
+    try:
+        if serve:
+            deployments.serve(names)
+            return
+        registered = deployments.register(_workspace(), names)
+    except (ValueError, RuntimeError) as err:
+        console.print(f"[red]deploy failed:[/] {err}")
+        raise typer.Exit(1) from None
+    console.print(f"registered on work pool [bold]{deployments.LOCAL_POOL}[/]: {', '.join(registered)}")
+    console.print("start a worker to run them:", markup=False)
+    console.print(f"  {deployments.worker_command()}", markup=False, soft_wrap=True)
+
+
+@app.command("data-version")
+def data_version(
+    install_hooks: Annotated[
+        bool, typer.Option("--install-hooks", help="Also run this after every `git pull`/`git checkout` (git hooks).")
+    ] = False,
+) -> None:
+    """Record the dataset version in data.dvc; a new one emits `ladder.data.updated` (once) to start the pipeline."""
+    from ladder import deploy as deployments
+
+    ws = _workspace()
+    try:
+        if install_hooks:
+            for hook in deployments.install_git_hooks(ws):
+                console.print(f"installed {hook}", markup=False)
+        version = deployments.record_data_version(ws)
+    except ValueError as err:
+        console.print(f"[red]data-version failed:[/] {err}")
+        raise typer.Exit(1) from None
+    if version.emitted:
+        console.print(f"dataset {version.md5}: new version, emitted {deployments.DATA_EVENT} (event {version.event_id})")
+    else:
+        console.print(f"dataset {version.md5}: already recorded, nothing emitted")
+
+
+class _RichDisplay:
+    """Stage-by-stage progress bars: a spinner while a stage runs, its time and outcome when done."""
+
+    def __init__(self, progress_bar: Any) -> None:
+        self.bar = progress_bar
+        self.tasks: dict[str, Any] = {}
+
+    def start(self, stage: str) -> None:
+        self.tasks[stage] = self.bar.add_task(stage, total=1)
+
+    def finish(self, stage: str, summary: dict[str, Any], seconds: float) -> None:
+        task = self.tasks.get(stage)
+        if task is not None:
+            self.bar.update(task, completed=1, description=f"{stage} [dim]{seconds:.0f}s[/]")
+        brief = ", ".join(f"{k}={v}" for k, v in summary.items())
+        self.bar.console.print(f"[green]done[/] {stage}: {brief}", highlight=False)
+
+
+@app.command()
+def run(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun = False) -> None:
+    """Run the whole pipeline on the configured corpus (the example corpus by default)."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from flows.pipeline import pipeline_flow
+    from ladder import progress
+
+    if dry_run:
+        _print_config(profile, overrides, None)
+        raise typer.Exit(0)
+    started = time.perf_counter()
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console)
+    try:
+        with bar, progress.showing(_RichDisplay(bar)):
+            summary = pipeline_flow(profile=profile, overrides=overrides or [])
+    except ValueError as err:
+        console.print(f"[red]pipeline stopped:[/] {err}")
+        raise typer.Exit(1) from None
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    summary.update({f"{name} UI": url for name, url in services.urls().items()})
+    _show("ladder pipeline summary", summary)
+
+
+@app.command()
+def evaluate(
+    profile: Profile = "tiny",
+    overrides: Overrides = None,
+    dry_run: DryRun = False,
+    model_dir: Annotated[
+        str | None, typer.Option("--model-dir", help="HF checkpoint to evaluate (default: the latest pretrained model).")
+    ] = None,
+    training_run: Annotated[
+        str | None, typer.Option("--training-run", help="MLflow run that trained it (default: found from the pretrain artifact).")
+    ] = None,
+) -> None:
+    """Evaluate a model on the held-out suite (lm-eval), gate it against the champion, register it with its lineage."""
+    from flows.evaluate import evaluate_flow
+
+    result = _run_stage(
+        "evaluate", ["evals"], dry_run, profile, overrides, evaluate_flow, model_dir=model_dir, training_run_id=training_run
+    )
+    table = Table(title=f"eval table: {result['registered_model']} version {result['version']}")
+    for column in ("metric", "value", "stderr", "better", "items"):
+        table.add_column(column)
+    for row in result["metrics"]:
+        stderr = "—" if row["stderr"] is None else f"{row['stderr']:.4f}"
+        better = "higher" if row["higher_is_better"] else "lower"
+        table.add_row(row["metric"], f"{row['value']:.4f}", stderr, better, str(row["items"]))
+    console.print(table)
+    colour = "green" if result["decision"] == "promoted" else "yellow"
+    console.print(f"[{colour}]{result['decision']}[/]: version {result['version']} is now @{result['alias']}")
+    for reason in result["reasons"]:
+        console.print(f"  {reason}", markup=False)
+    _show("evaluate stage", {k: result[k] for k in ("eval_run_id", "suite_version", "contaminated_items", "seconds")})
+
+
+@app.command()
+def lineage(
+    ref: Annotated[str, typer.Argument(help="NAME@ALIAS (e.g. ladder-tiny@champion) or NAME/VERSION.")],
+) -> None:
+    """Print where a registered model version came from: data, tokenizer, ladder, training, alignment, eval, flow run."""
+    from tasks.evals import lineage as chain
+    from tasks.evals import registry
+
+    try:
+        found = registry.resolve(ref)
+    except ValueError as err:
+        console.print(f"[red]lineage failed:[/] {err}")
+        raise typer.Exit(1) from None
+    _show(ref, registry.version_summary(found, registry.aliases_of(found.name, found.version)))
+    # One unwrapped line per link, so ids and URLs stay whole for copying and grepping.
+    console.print("[bold]lineage[/]")
+    for key, value in chain.from_tags(found.tags).items():
+        console.print(f"  {key}: {value}", markup=False, soft_wrap=True)
+    console.print("[bold]gate reasons[/]")
+    for reason in registry.reasons(found):
+        console.print(f"  {reason}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def promote(
+    ref: Annotated[str, typer.Argument(help="NAME/VERSION (or NAME@ALIAS) to make the champion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why this version should serve; recorded on the version.")],
+    override_gate: Annotated[
+        bool, typer.Option("--override-gate", help="Promote a version the release gate rejected; recorded on the version.")
+    ] = False,
+) -> None:
+    """Promote a model version to champion by hand (a rollback, or an override of the gate)."""
+    from tasks.evals import registry
+
+    try:
+        found = registry.resolve(ref)
+        registry.promote_manually(found.name, found.version, reason, override_gate)
+    except ValueError as err:
+        console.print(f"[red]promote failed:[/] {err}")
+        raise typer.Exit(1) from None
+    console.print(f"{found.name} version {found.version} is now @{registry.CHAMPION} (manual: {reason})", markup=False)

@@ -64,8 +64,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def up(ws: Workspace, timeout: float = 180.0, **ports: int) -> list[Service]:
-    """Start every service not yet healthy and wait until all answer their health check."""
+def up(ws: Workspace, timeout: float = 180.0, only: set[str] | None = None, **ports: int) -> list[Service]:
+    """Start every service (or those named in ``only``) not yet healthy and wait until they answer their health check."""
     ws.services.mkdir(parents=True, exist_ok=True)
     ws.prefect_home.mkdir(parents=True, exist_ok=True)
     ws.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
@@ -77,6 +77,9 @@ def up(ws: Workspace, timeout: float = 180.0, **ports: int) -> list[Service]:
     )
     env.pop("PREFECT_API_URL", None)
     started = services(ws, **ports)
+    # The UI calls the API at the port in the server's settings, not the one given by --port.
+    env["PREFECT_UI_API_URL"] = next(s.ui_url for s in started if s.name == "prefect") + "/api"
+    started = [svc for svc in started if only is None or svc.name in only]
     for svc in started:
         if healthy(svc.health_url):
             continue

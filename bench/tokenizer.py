@@ -1,0 +1,188 @@
+"""Benchmark of the tokenizer stage on the example corpus (about a minute on 2 cores).
+
+Run: ``.venv/bin/python bench/tokenizer.py [--corpus DIR] [--vocab-size N]``. The corpus is the
+example corpus (``tasks.data.corpus.fetch_example_corpus()`` or ``--corpus``), cut into
+documents by the data stage's ``ingest`` and ``normalize``; one document in ten is held out.
+One run prints:
+
+1. Candidate training time and encode throughput (MB/s of UTF-8 text, one document per call),
+   ours (HF ``tokenizers``, byte-level, as the stage trains them) against the ``sentencepiece``
+   package trained on the same texts (the stage's training sample, ``max_train_bytes``) with
+   the same vocabulary size and the same model type, with byte fallback and identity
+   normalisation. Also bytes per token and round-trip failures on the held-out documents.
+   Ratios ours / SentencePiece.
+2. Packing efficiency (non-padding tokens / all tokens) of the stage's packed shards against
+   pad-to-longest batching of the same tokens (one document per row, cut at the sequence
+   length, batches of consecutive rows padded to their longest row). Ratio packed / padded.
+3. Loader throughput in tokens/s: ``tasks.tokenizer.loader.PackedLoader`` batches (inputs,
+   labels, position ids, block-diagonal masks) against reading the same rows from the
+   memory-mapped shards alone. Ratio loader / raw read.
+
+Times are CPU seconds of this process (``time.process_time``), the best of two runs, with
+``TOKENIZERS_PARALLELISM=false`` and one SentencePiece thread, so both sides run on one core:
+the machine is shared and wall-clock would measure the neighbours. Packing uses worker
+processes, so its rate is wall-clock.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before tokenizers is imported: one thread, so CPU time measures the same work on both sides.
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import argparse
+import io
+import itertools
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from tasks.data.config import InputConfig, NormalizeConfig
+from tasks.data.corpus import example_inputs, fetch_example_corpus
+from tasks.data.document import Document, iter_split
+from tasks.data.ingest import ingest
+from tasks.data.normalize import normalize
+from tasks.tokenizer.config import TokenizerConfig
+from tasks.tokenizer.hf import save_hf
+from tasks.tokenizer.pack import pack_split
+from tasks.tokenizer.shards import PackedShards
+from tasks.tokenizer.train import load_encoder, sample_rate, train_candidate, training_texts
+
+T = TypeVar("T")
+BATCH_SIZE = 8
+LOADER_BATCHES = 200
+
+
+def best_time(fn: Callable[..., T], *args: object, repeat: int = 2) -> tuple[float, T]:
+    """The least CPU seconds of ``repeat`` calls of ``fn(*args)``, and its (last) result."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        result = fn(*args)
+        best = min(best, time.process_time() - start)
+    return best, result
+
+
+def write_curated(docs: list[Document], data_dir: Path) -> None:
+    """The data stage's layout: nine documents in ten to train, the tenth to validation."""
+    splits: dict[str, list[Document]] = {"train": [], "validation": [], "test": []}
+    for i, doc in enumerate(docs):
+        splits["validation" if i % 10 == 9 else "train"].append(doc)
+    for split, members in splits.items():
+        directory = data_dir / "curated" / split
+        directory.mkdir(parents=True)
+        (directory / "part-00000.jsonl").write_text("".join(d.to_json() + "\n" for d in members), encoding="utf-8")
+
+
+def train_sentencepiece(texts: list[str], vocab_size: int, model_type: str):
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+        byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, max_sentence_length=1 << 24, num_threads=1, minloglevel=2,
+    )
+    return spm.SentencePieceProcessor(model_proto=model.getvalue())
+
+
+def encode_all(encode: Callable[[str], list[int]], texts: list[str]) -> list[list[int]]:
+    return [encode(text) for text in texts]
+
+
+def compare_training(texts: list[str], held_out: list[str], vocab_size: int, cfg: TokenizerConfig, data_dir: Path) -> Path:
+    """Section 1; returns the directory of our BPE saved in HF format, for sections 2 and 3."""
+    held_mb = sum(len(t.encode()) for t in held_out) / 1e6
+    print(f"\n1. training on {sum(len(t.encode()) for t in texts) / 1e6:.2f} MB ({len(texts)} documents), "
+          f"vocabulary {vocab_size}; encoding {held_mb:.2f} MB held out ({len(held_out)} documents)")
+    print(f"  {'':<26} {'train s':>8} {'encode MB/s':>12} {'bytes/token':>12} {'round-trip fails':>17}")
+    bpe_dir = data_dir / "bpe-hf"
+    for kind in ("bpe", "unigram"):
+        ours_train, tokenizer = best_time(train_candidate, kind, vocab_size, texts, cfg.training(), repeat=1)
+        tokenizer.encode_special_tokens = True
+        sp_train, sp = best_time(train_sentencepiece, texts, vocab_size, kind, repeat=1)
+        rows = {}
+        for name, train_s, encode, decode in (
+            (f"ours {kind}", ours_train, lambda t: tokenizer.encode(t).ids,
+             lambda ids: tokenizer.decode(ids, skip_special_tokens=False)),
+            (f"sentencepiece {kind}", sp_train, sp.encode, sp.decode),
+        ):
+            seconds, encoded = best_time(encode_all, encode, held_out)
+            tokens = sum(len(ids) for ids in encoded)
+            fails = sum(decode(ids) != text for ids, text in zip(encoded, held_out))
+            rows[name] = (train_s, held_mb / seconds)
+            print(f"  {name:<26} {train_s:8.2f} {held_mb / seconds:12.2f} {held_mb * 1e6 / tokens:12.3f} {fails:17d}")
+        (ours_t, ours_mbs), (sp_t, sp_mbs) = rows.values()
+        print(f"  ratio ours/sentencepiece {kind}: training time {ours_t / sp_t:.2f}x, "
+              f"encode throughput {ours_mbs / sp_mbs:.2f}x")
+        if kind == "bpe":
+            save_hf(tokenizer, cfg.training(), bpe_dir)
+    return bpe_dir
+
+
+def pad_to_longest_efficiency(doc_tokens: list[int], seq_len: int, batch_size: int) -> float:
+    """Tokens / slots when each document (cut at ``seq_len``) is a row and batches pad to their longest row."""
+    rows = [min(seq_len, n - start) for n in doc_tokens for start in range(0, n, seq_len)]
+    slots = sum(batch_size * max(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size))
+    return sum(rows) / slots
+
+
+def compare_packing(tokenizer_dir: Path, data_dir: Path, cfg: TokenizerConfig, out: Path) -> PackedShards:
+    start = time.perf_counter()
+    stats = pack_split(tokenizer_dir, data_dir, "train", out, cfg.packing)
+    wall = time.perf_counter() - start
+    shards = PackedShards(out)
+    padded = pad_to_longest_efficiency([d["num_tokens"] for d in shards.docs], cfg.packing.seq_len, BATCH_SIZE)
+    print(f"\n2. packing the train split: {stats.num_documents} documents, {stats.num_tokens} tokens, "
+          f"seq_len {cfg.packing.seq_len}, {cfg.packing.num_workers} workers: {stats.num_tokens / wall:,.0f} tokens/s wall")
+    print(f"  packed (ours)                 efficiency {stats.efficiency:.4f}")
+    print(f"  pad-to-longest, batch {BATCH_SIZE:<3}      efficiency {padded:.4f}")
+    print(f"  ratio packed/padded: {stats.efficiency / padded:.2f}x useful tokens per slot")
+    return shards
+
+
+def loader_throughput(shards: PackedShards) -> None:
+    try:
+        from tasks.tokenizer.loader import PackedLoader
+    except ImportError:
+        print("\n3. loader throughput: tasks.tokenizer.loader is missing")
+        return
+    loader = PackedLoader(shards, batch_size=BATCH_SIZE, seed=0)
+    batches = min(LOADER_BATCHES, loader.batches_per_epoch)
+    tokens = batches * BATCH_SIZE * shards.seq_len
+    loader_s, _ = best_time(lambda: sum(1 for _ in itertools.islice(iter(loader), batches)))
+    order = np.random.default_rng(0).permutation(len(shards))[: batches * BATCH_SIZE].reshape(batches, BATCH_SIZE)
+    raw_s, _ = best_time(lambda: [np.asarray(shards.tokens[np.sort(rows)], dtype=np.int64) for rows in order])
+    print(f"\n3. loader: {batches} batches of {BATCH_SIZE} x {shards.seq_len}")
+    print(f"  PackedLoader (ids, labels, positions, masks) {tokens / loader_s:14,.0f} tokens/s")
+    print(f"  memory-mapped rows alone                     {tokens / raw_s:14,.0f} tokens/s")
+    print(f"  ratio loader/raw read: {raw_s / loader_s:.3f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", type=Path, help="directory laid out like the example corpus")
+    parser.add_argument("--vocab-size", type=int, default=1024, help="vocabulary size of both sides")
+    args = parser.parse_args()
+    files = example_inputs(args.corpus or fetch_example_corpus())
+    docs = normalize(ingest(files, InputConfig()).records, NormalizeConfig()).documents
+    cfg = TokenizerConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        write_curated(docs, data_dir)
+        print(f"corpus: {len(docs)} documents, {sum(len(d.text.encode()) for d in docs) / 1e6:.2f} MB")
+        texts = list(training_texts(data_dir, sample_rate(data_dir, cfg.max_train_bytes)))
+        held_out = [doc.text for doc in iter_split(data_dir, "validation")]
+        tokenizer_dir = compare_training(texts, held_out, args.vocab_size, cfg, data_dir)
+        shards = compare_packing(tokenizer_dir, data_dir, cfg, data_dir / "shards")
+        loader_throughput(shards)
+        assert load_encoder(tokenizer_dir / "tokenizer.json").get_vocab_size() <= args.vocab_size
+
+
+if __name__ == "__main__":
+    main()

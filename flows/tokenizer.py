@@ -1,0 +1,48 @@
+"""The tokenizer flow: candidates -> comparison -> selection -> HF tokenizer -> packed shards."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+
+from ladder import progress
+from ladder.config import load
+from ladder.project import ProjectConfig
+from ladder.workspace import Workspace
+from tasks.tokenizer.stage import SHARDS_DIR, TOKENIZER_DIR, dataset_version, pack_shards, publish, train_and_select
+
+
+@flow(name="tokenizer")
+def tokenizer_flow(
+    profile: str = "tiny", overrides: list[str] | None = None, dataset_md5: str | None = None
+) -> dict[str, Any]:
+    """Train, compare and select a tokenizer for a dataset version, then pack its splits.
+
+    ``dataset_md5`` defaults to the version in the workspace's ``data.dvc``.
+    """
+    started = time.perf_counter()
+    progress.start("tokenizer")
+    ws = Workspace.from_env()
+    cfg = load(ProjectConfig, profile, overrides or []).tokenizer
+    md5 = dataset_md5 or dataset_version(ws)
+    tokenizer, tokenizer_cached = train_and_select(ws, cfg.training(), md5)
+    shards, shards_cached = pack_shards(ws, cfg.packing, md5, tokenizer)
+    cached = tokenizer_cached and shards_cached
+    report = publish(ws, cfg, md5, tokenizer, shards, log_to_mlflow=not cached)
+    summary = {
+        "tokenizer_dir": str(tokenizer.path / TOKENIZER_DIR),
+        "tokenizer_version": tokenizer.version,
+        "shards_dir": str(shards.path / SHARDS_DIR),
+        "shards_version": shards.version,
+        "chosen": report["chosen"],
+        "rule": report["rule"],
+        "reason": report["reason"],
+        "table": report["table"],
+        "packing_efficiency": shards.metrics["packing_efficiency"],
+        "cached": cached,
+    }
+    shown = {key: summary[key] for key in ("chosen", "packing_efficiency", "cached")}
+    progress.finish("tokenizer", shown, time.perf_counter() - started)
+    return summary

@@ -1,0 +1,217 @@
+"""The tokenizer stage under the stage contract, and what it publishes for people to read.
+
+Two artifacts: ``tokenizer`` (inputs: the dataset version) holds every candidate, the
+comparison and the chosen tokenizer in HF format under ``tokenizer/``; ``shards`` (inputs:
+the dataset and tokenizer versions) holds the packed splits under ``shards/<split>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from tokenizers import Tokenizer
+
+from ladder.artifacts import Artifact, ArtifactStore, StageOutput
+from ladder.workspace import Workspace
+from tasks.data.document import SPLITS, iter_split
+from tasks.data.version import dvc_md5
+from tasks.tokenizer.compare import (
+    ALL_SOURCES,
+    COLUMNS,
+    plot_rank_frequency,
+    rare_token_mass,
+    select,
+    training_counts,
+    validation_rows,
+    write_csv,
+)
+from tasks.tokenizer.config import CandidateKind, PackingConfig, TokenizerTrainingConfig
+from tasks.tokenizer.hf import save_hf
+from tasks.tokenizer.pack import pack_split
+from tasks.tokenizer.train import candidate_name, load_encoder, sample_rate, train_candidate, training_texts
+
+TOKENIZER_DIR = "tokenizer"
+CANDIDATES_DIR = "candidates"
+SHARDS_DIR = "shards"
+COMPARISON_CSV = "comparison.csv"
+COMPARISON_JSON = "comparison.json"
+RANK_FREQUENCY_PNG = "rank_frequency.png"
+SUMMARY_COLUMNS = [
+    "candidate", "vocab_size", "bytes_per_token", "fertility", "rare_token_mass",
+    "vocab_utilisation", "round_trip_exact", "train_seconds", "encode_mb_per_s",
+]
+
+
+def dataset_version(ws: Workspace) -> str:
+    """The curated dataset's version: the DVC md5 recorded in the workspace's ``data.dvc``."""
+    md5 = dvc_md5(ws)
+    if not md5:
+        raise ValueError(f"no dataset version in {ws.data_dvc}: run `ladder data` first, or pass the dataset md5")
+    return md5
+
+
+def evaluate_candidate(
+    kind: CandidateKind, vocab_size: int, data_dir: Path, rate: float, cfg: TokenizerTrainingConfig, out: Path
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Train one candidate into ``out/candidates/<name>/``; its comparison rows and training-sample counts."""
+    name = candidate_name(kind, vocab_size)
+    start = time.perf_counter()
+    tokenizer = train_candidate(kind, vocab_size, training_texts(data_dir, rate), cfg)
+    train_seconds = time.perf_counter() - start
+    path = out / CANDIDATES_DIR / name / "tokenizer.json"
+    path.parent.mkdir(parents=True)
+    tokenizer.save(str(path))
+    encoder = load_encoder(path)
+    counts = training_counts(encoder, training_texts(data_dir, rate))
+    rows = validation_rows(encoder, iter_split(data_dir, "validation"), len(cfg.special_tokens))
+    rows[0]["rare_token_mass"] = rare_token_mass(counts, cfg.rare_k)
+    rows[0]["train_seconds"] = train_seconds
+    identity = {"candidate": name, "kind": kind, "vocab_size": encoder.get_vocab_size()}
+    return [{column: {**identity, **row}.get(column) for column in COLUMNS} for row in rows], counts
+
+
+def build_tokenizer(data_dir: Path, cfg: TokenizerTrainingConfig, out: Path) -> StageOutput:
+    """Train every candidate, compare them on validation, select one, save it in HF format."""
+    rate = sample_rate(data_dir, cfg.max_train_bytes)
+    rows: list[dict[str, Any]] = []
+    counts: dict[str, np.ndarray] = {}
+    for kind in cfg.candidates:
+        for vocab_size in cfg.vocab_sizes:
+            candidate_rows, counts[candidate_name(kind, vocab_size)] = evaluate_candidate(
+                kind, vocab_size, data_dir, rate, cfg, out
+            )
+            rows += candidate_rows
+    overall = [row for row in rows if row["source"] == ALL_SOURCES]
+    selection = select(overall, cfg)
+    chosen = next(row for row in overall if row["candidate"] == selection.chosen)
+    save_hf(Tokenizer.from_file(str(out / CANDIDATES_DIR / selection.chosen / "tokenizer.json")), cfg, out / TOKENIZER_DIR)
+    write_csv(rows, out / COMPARISON_CSV)
+    plot_rank_frequency(counts, out / RANK_FREQUENCY_PNG)
+    report = {"chosen": selection.chosen, "rule": selection.rule, "reason": selection.reason, "rows": rows}
+    (out / COMPARISON_JSON).write_text(json.dumps(report, indent=2))
+    return StageOutput(
+        counts={
+            "candidates": len(overall),
+            "train_sample_tokens": int(counts[selection.chosen].sum()),
+            "validation_documents": chosen["documents"],
+        },
+        metrics={key: chosen[key] for key in ("bytes_per_token", "fertility", "rare_token_mass", "vocab_utilisation")},
+    )
+
+
+def build_shards(data_dir: Path, tokenizer_dir: Path, packing: PackingConfig, out: Path) -> StageOutput:
+    """Pack every curated split with the chosen tokenizer into ``shards/<split>/``."""
+    counts: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    tokens = slots = 0
+    for split in SPLITS:
+        stats = pack_split(tokenizer_dir, data_dir, split, out / SHARDS_DIR / split, packing)
+        counts[split] = {
+            "documents": stats.num_documents,
+            "sequences": stats.num_sequences,
+            "tokens": stats.num_tokens,
+            "padding": stats.num_padding,
+        }
+        metrics[f"packing_efficiency.{split}"] = stats.efficiency
+        tokens += stats.num_tokens
+        slots += stats.num_tokens + stats.num_padding
+    metrics["packing_efficiency"] = tokens / slots if slots else 1.0
+    return StageOutput(counts=counts, metrics=metrics)
+
+
+def store(ws: Workspace) -> ArtifactStore:
+    return ArtifactStore(ws.artifacts, code_version=ws.git_commit())
+
+
+# The stage contract caches these (by config and input versions), so Prefect's cache is off.
+@task(name="train-and-select-tokenizer", cache_policy=NO_CACHE)
+def train_and_select(ws: Workspace, cfg: TokenizerTrainingConfig, dataset_md5: str) -> tuple[Artifact, bool]:
+    """The ``tokenizer`` artifact for this dataset and config: ``(artifact, cached)``."""
+    return store(ws).run_stage(
+        "tokenizer", cfg, {"dataset": dataset_md5}, lambda out: build_tokenizer(ws.data, cfg, out)
+    )
+
+
+@task(name="pack-token-shards", cache_policy=NO_CACHE)
+def pack_shards(
+    ws: Workspace, packing: PackingConfig, dataset_md5: str, tokenizer: Artifact
+) -> tuple[Artifact, bool]:
+    """The ``shards`` artifact of every split packed with ``tokenizer``: ``(artifact, cached)``."""
+    return store(ws).run_stage(
+        "shards",
+        packing,
+        {"dataset": dataset_md5, "tokenizer": tokenizer.version},
+        lambda out: build_shards(ws.data, tokenizer.path / TOKENIZER_DIR, packing, out),
+    )
+
+
+def comparison(tokenizer: Artifact) -> dict[str, Any]:
+    """The stored comparison: ``chosen``, ``rule``, ``reason`` and ``rows``."""
+    return json.loads(tokenizer.file(COMPARISON_JSON).read_text())
+
+
+def summary_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per candidate (overall) with the columns the rule and a reader look at first."""
+    return [{column: row[column] for column in SUMMARY_COLUMNS} for row in rows if row["source"] == ALL_SOURCES]
+
+
+def format_table(table: list[dict[str, Any]]) -> str:
+    """A summary table as aligned text, for logs."""
+    cells = [[f"{value:.4g}" if isinstance(value, float) else str(value) for value in row.values()] for row in table]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(SUMMARY_COLUMNS)]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in [SUMMARY_COLUMNS, *cells])
+
+
+@task(name="publish-tokenizer-report", cache_policy=NO_CACHE, retries=2)
+def publish(
+    ws: Workspace,
+    cfg: TokenizerTrainingConfig,
+    dataset_md5: str,
+    tokenizer: Artifact,
+    shards: Artifact,
+    log_to_mlflow: bool,
+) -> dict[str, Any]:
+    """Log the comparison, rule and choice; a Prefect table artifact; an MLflow run when anything was built.
+
+    Returns the stored comparison (``chosen``, ``rule``, ``reason``, ``rows`` overall and per
+    source) with ``table``, its summary.
+    """
+    import mlflow
+    from prefect.artifacts import create_table_artifact
+    from prefect.logging import get_run_logger
+
+    from ladder.tracking import stage_run
+
+    report = comparison(tokenizer)
+    report["table"] = summary_table(report["rows"])
+    logger = get_run_logger()
+    logger.info("tokenizer candidates on validation:\n%s", format_table(report["table"]))
+    logger.info("rule: %s", report["rule"])
+    logger.info("chosen: %s (%s)", report["chosen"], report["reason"])
+    logger.info("packing efficiency: %.4f", shards.metrics["packing_efficiency"])
+    create_table_artifact(
+        key="tokenizer-comparison",
+        table=report["rows"],
+        description=f"Chosen **{report['chosen']}** by the rule: {report['rule']}. {report['reason']}.",
+    )
+    if log_to_mlflow:
+        tags = {
+            "ladder.data.md5": dataset_md5,
+            "ladder.shards_version": shards.version,
+            "ladder.tokenizer": report["chosen"],
+        }
+        with stage_run(ws, "tokenizer", cfg, tokenizer, tags=tags):
+            mlflow.log_metrics({**tokenizer.metrics, **shards.metrics})
+            selection = f"rule: {report['rule']}\nchosen: {report['chosen']}\nreason: {report['reason']}\n"
+            mlflow.log_text(selection, "selection.txt")
+            mlflow.log_artifact(str(tokenizer.file(COMPARISON_CSV)))
+            mlflow.log_artifact(str(tokenizer.file(RANK_FREQUENCY_PNG)))
+            mlflow.log_artifacts(str(tokenizer.file(TOKENIZER_DIR)), artifact_path=TOKENIZER_DIR)
+            mlflow.log_dict(shards.manifest["counts"], "shards_counts.json")
+    return report

@@ -1,0 +1,67 @@
+"""Token shards: documents in order with a boundary after each, padding only at the end, workers change nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ladder.artifacts import hash_files
+from tasks.data.document import iter_split
+from tasks.tokenizer.config import PackingConfig
+from tasks.tokenizer.pack import pack_split, token_ids
+from tasks.tokenizer.shards import PackedShards
+from tasks.tokenizer.stage import TOKENIZER_DIR, build_shards
+from tasks.tokenizer.train import load_encoder
+
+SEQ_LEN = 64
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(built: Path) -> Path:
+    return built / TOKENIZER_DIR
+
+
+def test_every_document_is_packed_in_order_with_a_boundary_after_it(
+    tokenizer_dir: Path, curated: Path, tmp_path: Path
+) -> None:
+    pack_split(tokenizer_dir, curated, "validation", tmp_path, PackingConfig(seq_len=SEQ_LEN, num_workers=1))
+    shards = PackedShards(tmp_path)
+    boundary_id, pad_id, _ = token_ids(tokenizer_dir)
+    encoder = load_encoder(tokenizer_dir / "tokenizer.json")
+    docs = list(iter_split(curated, "validation"))
+    tokens, doc_index = np.asarray(shards.tokens).ravel(), np.asarray(shards.doc_index).ravel()
+    real = doc_index >= 0
+    # Documents follow each other in stored order and each one's tokens are contiguous.
+    assert np.all(np.diff(doc_index[real]) >= 0)
+    for i, doc in enumerate(docs):
+        packed = tokens[doc_index == i].tolist()
+        assert packed == encoder.encode(doc.text).ids + [boundary_id]
+    assert [record["id"] for record in shards.docs] == [doc.id for doc in docs]
+    assert all(record["source"] == doc.source and record["meta"] == doc.meta for record, doc in zip(shards.docs, docs))
+    # Padding only at the very end: every row but the last is full.
+    assert np.all(shards.doc_index[:-1] >= 0)
+    last = np.asarray(shards.doc_index[-1])
+    fill = int((last >= 0).sum())
+    assert np.all(last[:fill] >= 0) and np.all(last[fill:] == -1)
+    assert np.all(np.asarray(shards.tokens[-1])[fill:] == pad_id)
+
+
+def test_packing_efficiency_on_a_realistic_split(tokenizer_dir: Path, curated: Path, tmp_path: Path) -> None:
+    stats = pack_split(tokenizer_dir, curated, "train", tmp_path, PackingConfig(seq_len=256, num_workers=1))
+    assert stats.num_tokens > 50_000
+    assert stats.efficiency >= 0.99
+
+
+def test_parallel_tokenization_writes_the_same_shards_as_serial(tokenizer_dir: Path, curated: Path, tmp_path: Path) -> None:
+    # Chunks of 7 documents across 2 workers: many chunks, windows and an uneven last chunk.
+    serial_cfg = PackingConfig(seq_len=SEQ_LEN, num_workers=1)
+    parallel_cfg = PackingConfig(seq_len=SEQ_LEN, num_workers=2, chunk_docs=7)
+    serial = build_shards(curated, tokenizer_dir, serial_cfg, tmp_path / "serial")
+    parallel = build_shards(curated, tokenizer_dir, parallel_cfg, tmp_path / "parallel")
+    assert hash_files(tmp_path / "serial") == hash_files(tmp_path / "parallel")
+    assert serial == parallel
+    assert set(serial.counts) == {"train", "validation", "test"}
+    assert serial.counts["test"]["documents"] == 20
+    assert 0.99 <= serial.metrics["packing_efficiency"] <= 1.0
