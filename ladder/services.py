@@ -58,6 +58,11 @@ def _pid_file(ws: Workspace, name: str) -> Path:
 
 def _alive(pid: int) -> bool:
     try:
+        # A child of this process that exited stays a zombie, which kill(pid, 0) still finds.
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: its parent or init reaps it
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
@@ -74,6 +79,9 @@ def up(ws: Workspace, timeout: float = 180.0, only: set[str] | None = None, **po
         PREFECT_HOME=str(ws.prefect_home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED="true",
+        # MLflow's job runner (GenAI scorers, trace rollups) is seven more processes that ladder
+        # never uses; without them the server also stops within down()'s grace period.
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
     )
     env.pop("PREFECT_API_URL", None)
     started = services(ws, **ports)
