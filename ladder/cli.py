@@ -127,15 +127,11 @@ def data(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun
 def tokenizer(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun = False) -> None:
     """Train tokenizer candidates, compare them, choose one by rule, write packed shards."""
     from flows.tokenizer import tokenizer_flow
+    from tasks.tokenizer.stage import format_table
 
     result = _run_stage("tokenizer", ["tokenizer"], dry_run, profile, overrides, tokenizer_flow)
-    table = Table(title="tokenizer candidates (validation split)")
-    rows = result.pop("table")
-    for column in rows[0]:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
-    console.print(table)
+    console.print("tokenizer candidates (validation split):", style="bold")
+    console.print(format_table(result.pop("table")), markup=False, highlight=False, soft_wrap=True)
     _show("tokenizer stage", result)
 
 
@@ -253,8 +249,9 @@ def evaluate(
         "evaluate", ["evals"], dry_run, profile, overrides, evaluate_flow, model_dir=model_dir, training_run_id=training_run
     )
     table = Table(title=f"eval table: {result['registered_model']} version {result['version']}")
-    for column in ("metric", "value", "stderr", "better", "items"):
-        table.add_column(column)
+    table.add_column("metric", overflow="fold")
+    for column in ("value", "stderr", "better", "items"):
+        table.add_column(column, justify="right")
     for row in result["metrics"]:
         stderr = "—" if row["stderr"] is None else f"{row['stderr']:.4f}"
         better = "higher" if row["higher_is_better"] else "lower"
@@ -288,6 +285,21 @@ def lineage(
     console.print("[bold]gate reasons[/]")
     for reason in registry.reasons(found):
         console.print(f"  {reason}", markup=False, soft_wrap=True)
+    suite_version = found.tags.get(registry.SUITE_TAG)
+    if suite_version:
+        import shlex
+        from pathlib import Path
+
+        from tasks.evals.suite import STAGE, SUITE_TAG_ALL, TASKS_DIR
+
+        include = _workspace().artifacts / STAGE / suite_version / TASKS_DIR
+        command = registry.lm_eval_command(Path("DIR/model"), Path("DIR/components/tokenizer"), include, [SUITE_TAG_ALL])
+        console.print(
+            f"[bold]score it with the plain harness[/] (DIR: mlflow.artifacts.download_artifacts"
+            f"(\"models:/{found.name}/{found.version}\"))",
+            soft_wrap=True,
+        )
+        console.print(f"  {shlex.join(command)}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -308,3 +320,41 @@ def promote(
         console.print(f"[red]promote failed:[/] {err}")
         raise typer.Exit(1) from None
     console.print(f"{found.name} version {found.version} is now @{registry.CHAMPION} (manual: {reason})", markup=False)
+
+
+@app.command()
+def align(
+    profile: Profile = "tiny",
+    overrides: Overrides = None,
+    dry_run: DryRun = False,
+    base_model_dir: Annotated[
+        str | None,
+        typer.Option("--base-model-dir", help="HF checkpoint to align (default: the registry's champion, else the latest pretrained model)."),
+    ] = None,
+) -> None:
+    """Align a base model: SFT on instruction data, DPO on its own samples; print the gains and the alignment tax."""
+    from flows.align import align_flow
+
+    result = _run_stage("align", ["align", "evals"], dry_run, profile, overrides, align_flow, base_model_dir=base_model_dir)
+    rows = result["table"]
+    # Metrics down, models across: the table stays readable however many metrics the suite has.
+    table = Table(title="alignment: held-out instruction tasks (instruct/...) and the eval suite")
+    table.add_column("metric")
+    for row in rows:
+        table.add_column(row["model"], justify="right")
+    for metric in (m for m in rows[0] if m != "model"):
+        table.add_row(metric, *(f"{row[metric]:.4f}" for row in rows))
+    console.print(table)
+    console.print(f"DPO reward margin on held-out pairs: {result['reward_margin']:+.4f} "
+                  f"({result['reward_margin_accuracy']:.0%} of pairs ranked right)", markup=False)
+    colour = "green" if result["passed_tax_bound"] else "red"
+    console.print(f"[{colour}]alignment tax {'within' if result['passed_tax_bound'] else 'beyond'} the gate's bound[/]")
+    for model, lines in result["tax_checks"].items():
+        for line in lines:
+            console.print(f"  {model}: {line}", markup=False)
+    if result["registry"]:
+        reg = result["registry"]
+        console.print(f"registry: {reg['registered_model']} version {reg['version']} {reg['decision']}, now @{reg['alias']}", markup=False)
+        for reason in reg["reasons"]:
+            console.print(f"  {reason}", markup=False)
+    _show("align stage", {k: result[k] for k in ("sft_model_dir", "dpo_model_dir", "mlflow_run_ids", "seconds")})

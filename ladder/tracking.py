@@ -51,11 +51,16 @@ def stage_run(
     config: Section,
     artifact: Artifact | None = None,
     tags: dict[str, str] | None = None,
-    nested: bool = False,
+    parent_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one stage, carrying the lineage every run must have."""
+    """An MLflow run for one stage, carrying the lineage every run must have.
+
+    Inside another stage's run (a ladder rung inside the ladder run) it becomes a child run;
+    ``parent_run_id`` names the parent where the active run is another thread's.
+    """
     exp = experiment_id(ws)
-    with mlflow.start_run(experiment_id=exp, run_name=stage, nested=nested) as run:
+    nested = parent_run_id is None and mlflow.active_run() is not None
+    with mlflow.start_run(experiment_id=exp, run_name=stage, nested=nested, parent_run_id=parent_run_id) as run:
         mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config.to_dict()).items()})
         mlflow.log_param("config_hash", config.hash())
         mlflow.log_text(config.to_yaml(), "config.yaml")

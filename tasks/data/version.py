@@ -138,7 +138,7 @@ def log_dataset(ws: Workspace, cfg: DataConfig, artifact: Artifact, md5: str, ca
     # The DVC remote stores the directory's listing under its md5: that address names this exact dataset.
     source = f"{remote.rstrip('/')}/files/md5/{digest[:2]}/{digest[2:]}.dir"
     tags = {"ladder.data.md5": md5, "ladder.data.cached": str(cached).lower()}
-    with stage_run(ws, STAGE, cfg, artifact, tags=tags, nested=mlflow.active_run() is not None) as run:
+    with stage_run(ws, STAGE, cfg, artifact, tags=tags) as run:
         with warnings.catch_warnings():
             # MLflow registers its local-file source twice and warns that the path is ambiguous between
             # them, and warns about integer columns in model signatures, which a dataset profile is not.

@@ -1,0 +1,213 @@
+"""The evaluation stage's units of work around the registry: find the candidate, log it, judge it, record it."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from ladder.artifacts import ArtifactStore
+from ladder.tracking import experiment_id, stage_run
+from ladder.workspace import Workspace
+from tasks.evals import lineage, registry
+from tasks.evals.config import EvalConfig, RunConfig
+from tasks.evals.gate import Decision, report_markdown
+from tasks.evals.runner import Evaluation, MetricTable, run_lm_eval, table_to_dict
+from tasks.evals.suite import DROPPED, ITEMS_DIR, SUITE_JSON, Suite
+
+STAGE = "evaluate"
+PRETRAIN_STAGE = "pretrain"
+PRETRAIN_MODEL_DIR = "model"  # the HF checkpoint (tokenizer files included) inside a pretrain artifact
+GATE_REPORT = "gate_report.md"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The checkpoint to evaluate and the run that trained it."""
+
+    model_dir: Path
+    training_run_id: str | None
+
+
+@dataclass(frozen=True)
+class ChampionScores:
+    """The champion to compare with, scored on the current suite, and how that score was obtained."""
+
+    version: str
+    table: MetricTable
+    note: str
+
+
+@task(name="resolve-candidate", cache_policy=NO_CACHE)
+def resolve_candidate(ws: Workspace, model_dir: str | None, training_run_id: str | None) -> Candidate:
+    """``model_dir`` as given, or the model of the latest pretrain artifact and the MLflow run that logged it."""
+    if model_dir is not None:
+        path = Path(model_dir).resolve()
+        if not path.is_dir():
+            raise ValueError(f"model dir {path} does not exist: pass a Hugging Face checkpoint directory")
+        return Candidate(path, training_run_id)
+    artifact = ArtifactStore(ws.artifacts).latest(PRETRAIN_STAGE)
+    if artifact is None:
+        raise ValueError(f"no pretrained model under {ws.artifacts / PRETRAIN_STAGE}: run `ladder pretrain` or pass a model dir")
+    if training_run_id is None:
+        from mlflow.tracking import MlflowClient
+
+        runs = MlflowClient().search_runs(
+            [experiment_id(ws)],
+            filter_string=f"tags.`ladder.stage` = '{PRETRAIN_STAGE}' and tags.`ladder.artifact_version` = '{artifact.version}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        training_run_id = runs[0].info.run_id if runs else None
+    return Candidate(artifact.path / PRETRAIN_MODEL_DIR, training_run_id)
+
+
+@task(name="score-champion", cache_policy=NO_CACHE)
+def score_champion(name: str, suite: Suite, cfg: RunConfig) -> ChampionScores | None:
+    """The champion's eval table on this suite: the stored one, or a fresh evaluation if its suite differs.
+
+    Comparing numbers from two different suites (another dataset version, other items) would
+    judge the items rather than the models, so an outdated champion is scored again.
+    """
+    champion = registry.current_champion(name)
+    if champion is None:
+        return None
+    if champion.suite_version == suite.version:
+        return ChampionScores(champion.version, champion.table, f"version {champion.version}, scores from its own evaluation")
+    with tempfile.TemporaryDirectory(prefix="ladder-champion-") as tmp:
+        model_dir, tokenizer_dir = registry.download(name, champion.version, Path(tmp))
+        table = run_lm_eval(model_dir, suite, cfg, tokenizer_dir).table
+    note = f"version {champion.version}, re-scored on suite {suite.version} (it was evaluated on suite {champion.suite_version})"
+    return ChampionScores(champion.version, table, note)
+
+
+def _requirements() -> list[str]:
+    # Explicit, so MLflow need not import-trace a subprocess to infer them.
+    import torch
+    import transformers
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
+
+
+@task(name="log-evaluation", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def log_evaluation(
+    ws: Workspace,
+    cfg: EvalConfig,
+    suite: Suite,
+    evaluation: Evaluation,
+    candidate: Candidate,
+    dataset_md5: str,
+) -> tuple[str, str]:
+    """One MLflow run (stage ``evaluate``) under the training run: results, samples, table, suite, model.
+
+    Returns ``(run id, logged model URI)``; the model is logged in MLflow's transformers
+    flavor so that the registry's versions load with ``mlflow.transformers.load_model``.
+    """
+    import mlflow
+    import pandas as pd
+    from lm_eval.utils import handle_non_serializable
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tags = {"ladder.data.md5": dataset_md5, registry.SUITE_TAG: suite.version, "ladder.model_dir": str(candidate.model_dir)}
+    if candidate.training_run_id:
+        # mlflow.parentRunId nests the eval run under the training run in the MLflow UI.
+        tags.update({"mlflow.parentRunId": candidate.training_run_id, "ladder.training_run": candidate.training_run_id})
+    with stage_run(ws, STAGE, cfg, suite.artifact, tags=tags) as run:
+        metrics = {}
+        for name, metric in evaluation.table.items():
+            metrics[name] = metric.value
+            if metric.stderr is not None:
+                metrics[f"{name}_stderr"] = metric.stderr
+        metrics.update({"eval_items": evaluation.items, "eval_seconds": evaluation.seconds,
+                        "eval_items_per_second": evaluation.items_per_second})
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(table_to_dict(evaluation.table), registry.METRICS_ARTIFACT)
+        mlflow.log_text(json.dumps(evaluation.results, indent=2, default=handle_non_serializable), "lm_eval/results.json")
+        for task_name, samples in evaluation.samples.items():
+            lines = "".join(json.dumps(s, default=handle_non_serializable) + "\n" for s in samples)
+            mlflow.log_text(lines, f"lm_eval/samples/{task_name}.jsonl")
+        mlflow.log_artifacts(str(suite.include_path), "suite/lm_eval_tasks")
+        mlflow.log_artifacts(str(suite.path / ITEMS_DIR), f"suite/{ITEMS_DIR}")
+        for name in (SUITE_JSON, DROPPED):
+            mlflow.log_artifact(str(suite.path / name), "suite")
+        items = pd.DataFrame(
+            [{"task": task_name, "doc_hash": s["doc_hash"], "target_hash": s["target_hash"]}
+             for task_name, samples in sorted(evaluation.samples.items()) for s in samples]
+        )
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source class twice and warns that a path is ambiguous between them.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            dataset = mlflow.data.from_pandas(items, source=str(suite.path), name="ladder-eval-suite", digest=suite.version)
+        mlflow.log_input(dataset, context="evaluation")
+        model = AutoModelForCausalLM.from_pretrained(candidate.model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(candidate.model_dir)
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name=registry.MODEL_ARTIFACT,
+            task="text-generation",
+            pip_requirements=_requirements(),
+        )
+        return run.info.run_id, info.model_uri
+
+
+@task(name="collect-lineage", cache_policy=NO_CACHE)
+def collect_lineage(
+    ws: Workspace,
+    dataset_md5: str,
+    candidate: Candidate,
+    eval_run_id: str,
+    suite: Suite,
+    scaling_gate: dict[str, Any] | None,
+    extra: dict[str, str] | None,
+) -> dict[str, str]:
+    """The model's chain (see :mod:`tasks.evals.lineage`)."""
+    return lineage.collect(ws, dataset_md5, candidate.training_run_id, eval_run_id, suite.version, scaling_gate, extra)
+
+
+@task(name="register-candidate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def register(name: str, model_uri: str, links: dict[str, str], suite: Suite, eval_run_id: str) -> str:
+    """A new version with alias ``challenger``, tagged with its lineage; returns the version number."""
+    tags = {**lineage.to_tags(links), registry.SUITE_TAG: suite.version, "ladder.eval_run": eval_run_id}
+    return str(registry.register_candidate(name, model_uri, tags).version)
+
+
+@task(name="publish-gate-report", cache_policy=NO_CACHE)
+def publish_report(
+    eval_run_id: str,
+    decision: Decision,
+    facts: dict[str, str],
+    table: MetricTable,
+    cfg: EvalConfig,
+    champion: ChampionScores | None,
+    base: MetricTable | None,
+) -> str:
+    """The gate report as Markdown: logged to the eval run, shown as Prefect artifacts. Returns its MLflow URI."""
+    from mlflow.tracking import MlflowClient
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    outcome = registry.PROMOTED if decision.passed else registry.REJECTED
+    markdown = report_markdown(decision, outcome, facts, table, cfg.gate, champion.table if champion else None, base)
+    client = MlflowClient()
+    client.log_text(eval_run_id, markdown, GATE_REPORT)
+    client.log_dict(eval_run_id, decision.to_dict(), "gate_decision.json")
+    client.set_tag(eval_run_id, registry.DECISION_TAG, outcome)
+    create_markdown_artifact(key="eval-gate-report", markdown=markdown, description=f"Release gate: {outcome}")
+    create_table_artifact(
+        key="eval-metrics",
+        table=[{"metric": name, "value": m.value, "stderr": m.stderr, "better": "higher" if m.higher_is_better else "lower"}
+               for name, m in table.items()],
+        description="Eval table of the candidate (lm-eval-harness on the held-out suite)",
+    )
+    return f"runs:/{eval_run_id}/{GATE_REPORT}"
+
+
+@task(name="record-gate-decision", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def record(name: str, version: str, decision: Decision, report_uri: str) -> str:
+    """Tag the verdict on the version and promote it if it passed; returns the alias it holds."""
+    return registry.record_decision(name, version, decision, report_uri)

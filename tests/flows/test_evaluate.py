@@ -1,0 +1,239 @@
+"""The evaluate flow end to end against a real MLflow tracking server: gate, registry, lineage, standard clients.
+
+One server and one pair of tiny models for the module: a model trained for a few steps (the
+first candidate, promoted against the floors alone) and an untrained one (the second
+candidate, a regression). Real Prefect (test harness), DVC (local remote), lm-eval, torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from typer.testing import CliRunner
+
+from flows.evaluate import evaluate_flow
+from ladder import services
+from ladder.cli import app
+from ladder.runtime import configure
+from ladder.tracking import stage_run
+from ladder.workspace import Workspace
+from models.llama import ModelConfig, build_model
+from tasks.data.document import iter_split
+from tasks.data.version import dvc_md5, run_dvc
+from tasks.evals import registry
+from tasks.evals.config import RunConfig, SuiteConfig
+from tasks.evals.stage import score_champion
+from tasks.evals.suite import STAGE as SUITE_STAGE
+from tasks.evals.suite import TASKS_DIR, build_suite
+from tasks.tokenizer.config import TokenizerTrainingConfig
+from tasks.tokenizer.hf import save_hf
+from tasks.tokenizer.train import train_candidate
+from tests.tasks.evals.eval_corpus import write_curated
+
+pytestmark = pytest.mark.slow
+
+MLFLOW_PORT = 15100
+NAME = "ladder-test"
+# Fewer items than the tiny profile: the flow's wiring is under test. Only bits per byte has a
+# floor: on random pseudo-verse the cloze tasks sit near chance for any model.
+OVERRIDES = [
+    f"evals.registered_model={NAME}",
+    "evals.suite.items_per_task=24",
+    "evals.suite.fewshot_pool=8",
+    "evals.suite.ppl_docs_per_source=6",
+    "evals.suite.num_fewshot=2",
+    "evals.gate.floors={ladder_ppl/bits_per_byte: 4.0}",
+]
+MODEL = ModelConfig(vocab_size=320, d_model=64, n_layers=2, n_heads=2, n_kv_heads=2, intermediate_size=192, max_seq_len=256)
+
+
+@dataclass(frozen=True)
+class Stack:
+    ws: Workspace
+    dataset_md5: str
+    trained_dir: Path
+    untrained_dir: Path
+    training_run_id: str
+
+
+def _save_model(out: Path, tokenizer_dir: Path, data_dir: Path, steps: int) -> Path:
+    """A tiny Llama trained for ``steps`` steps on the train split, saved with its tokenizer."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = build_model(MODEL, seed=0, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    if steps:
+        text = "".join(doc.text + tokenizer.eos_token for doc in iter_split(data_dir, "train"))
+        ids = torch.tensor(tokenizer(text)["input_ids"])
+        generator = torch.Generator().manual_seed(0)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(steps):
+            starts = torch.randint(0, len(ids) - 65, (16,), generator=generator)
+            batch = torch.stack([ids[s : s + 64] for s in starts])
+            model(input_ids=batch, labels=batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[Stack]:
+    ws = Workspace(tmp_path_factory.mktemp("evaluate") / "ws")
+    ws.root.mkdir()
+    dvc_env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["git", "init", "-q"], cwd=ws.root, check=True, env=dvc_env)
+    write_curated(ws.data, {"train": 160, "validation": 24, "test": 30})
+    run_dvc(ws, "init", "-q")
+    run_dvc(ws, "remote", "add", "-d", "local", str(ws.dvc_remote))
+    run_dvc(ws, "add", "-q", "data")
+    saved = dict(os.environ)
+    os.environ.update({
+        "LADDER_ROOT": str(ws.root),
+        # No port answers there: configure() must not adopt servers other processes started.
+        "LADDER_PREFECT_URL": "http://127.0.0.1:9",
+        "LADDER_MLFLOW_URL": "http://127.0.0.1:9",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{MLFLOW_PORT}",
+    })
+    try:
+        services.up(ws, only={"mlflow"}, mlflow_port=MLFLOW_PORT)
+        configure(ws)
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        tok_cfg = TokenizerTrainingConfig(candidates=["bpe"], vocab_sizes=[MODEL.vocab_size])
+        tokenizer_dir = ws.state / "tokenizer"
+        save_hf(train_candidate("bpe", MODEL.vocab_size, (d.text for d in iter_split(ws.data, "train")), tok_cfg), tok_cfg, tokenizer_dir)
+        with stage_run(ws, "pretrain", MODEL, tags={"ladder.data.md5": dvc_md5(ws)}) as run:
+            trained = _save_model(ws.state / "models" / "trained", tokenizer_dir, ws.data, steps=80)
+        untrained = _save_model(ws.state / "models" / "untrained", tokenizer_dir, ws.data, steps=0)
+        yield Stack(ws, dvc_md5(ws), trained, untrained, run.info.run_id)
+    finally:
+        services.down(ws)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def promoted(stack: Stack) -> dict[str, Any]:
+    """The first candidate: no champion yet."""
+    return evaluate_flow(
+        overrides=OVERRIDES, model_dir=str(stack.trained_dir), training_run_id=stack.training_run_id,
+        lineage={"ladder_run": "run-of-the-ladder"},
+    )
+
+
+@pytest.fixture(scope="module")
+def rejected(stack: Stack, promoted: dict[str, Any]) -> dict[str, Any]:
+    """The second candidate: an untrained model, far worse than the champion."""
+    return evaluate_flow(overrides=OVERRIDES, model_dir=str(stack.untrained_dir))
+
+
+def _metric(result: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(row for row in result["metrics"] if row["metric"] == name)
+
+
+def test_first_candidate_passes_the_floors_and_becomes_champion(stack: Stack, promoted: dict[str, Any]) -> None:
+    assert (promoted["decision"], promoted["version"], promoted["alias"]) == ("promoted", "1", "champion")
+    assert promoted["champion_before"] is None
+    assert any("no champion yet" in reason for reason in promoted["reasons"])
+    bpb = _metric(promoted, "ladder_ppl/bits_per_byte")
+    assert bpb["value"] < 4.0 and bpb["stderr"] > 0 and bpb["higher_is_better"] is False
+    assert {"ladder_next_line_2shot/acc_norm", "ladder_last_word_gen/exact_match"} <= {r["metric"] for r in promoted["metrics"]}
+    assert promoted["contaminated_items"] == 0
+
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(NAME, registry.CHAMPION)
+    assert champion.version == "1" and champion.tags[registry.DECISION_TAG] == registry.PROMOTED
+    assert registry.aliases_of(NAME, "1") == [registry.CHAMPION]  # a champion is no longer a challenger
+    run = client.get_run(promoted["eval_run_id"])
+    # The eval run hangs under the training run and holds results, samples, table and report.
+    assert run.data.tags["mlflow.parentRunId"] == stack.training_run_id
+    assert run.data.metrics["ladder_ppl/bits_per_byte"] == pytest.approx(bpb["value"])
+    assert run.data.metrics["ladder_ppl/bits_per_byte_stderr"] == pytest.approx(bpb["stderr"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"gate_report.md", registry.METRICS_ARTIFACT, "lm_eval", "suite"} <= artifacts
+    samples = {a.path for a in client.list_artifacts(run.info.run_id, "lm_eval/samples")}
+    assert "lm_eval/samples/ladder_next_line.jsonl" in samples
+    report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/gate_report.md")
+    assert report.startswith("# Release gate: PROMOTED")
+    with get_client(sync_client=True) as prefect:
+        shown = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["eval-gate-report"])))
+    assert any(a.type == "markdown" and a.data == report for a in shown)
+
+
+def test_regressing_candidate_stays_challenger_with_reasons(stack: Stack, promoted: dict[str, Any], rejected: dict[str, Any]) -> None:
+    assert (rejected["decision"], rejected["version"], rejected["alias"]) == ("rejected", "2", "challenger")
+    assert rejected["champion_before"] == "1"
+    failures = [r for r in rejected["reasons"] if r.startswith("FAIL")]
+    assert any(r.startswith("FAIL regression ladder_ppl/bits_per_byte: candidate") for r in failures), failures
+
+    client = MlflowClient()
+    assert client.get_model_version_by_alias(NAME, registry.CHAMPION).version == "1"
+    challenger = client.get_model_version_by_alias(NAME, registry.CHALLENGER)
+    assert challenger.version == "2" and challenger.tags[registry.DECISION_TAG] == registry.REJECTED
+    assert "FAIL regression ladder_ppl/bits_per_byte" in challenger.tags[registry.REASONS_TAG]
+    # The champion keeps its version and the metrics it was promoted with.
+    kept = registry.eval_table(client.get_model_version(NAME, "1").run_id)
+    assert kept["ladder_ppl/bits_per_byte"].value == pytest.approx(_metric(promoted, "ladder_ppl/bits_per_byte")["value"])
+
+
+def test_lineage_of_the_champion_names_dataset_and_training_run(stack: Stack, promoted: dict[str, Any]) -> None:
+    result = CliRunner().invoke(app, ["lineage", f"{NAME}@champion"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for link in (
+        f"dataset_md5: {stack.dataset_md5}",
+        f"training_runs: {stack.training_run_id}",
+        f"eval_run: {promoted['eval_run_id']}",
+        f"dvc_remote: {stack.ws.dvc_remote}",
+        "ladder_run: run-of-the-ladder",
+    ):
+        assert f"  {link}" in lines, link
+    assert any(line.startswith("  prefect_flow_run_id: ") and "unknown" not in line for line in lines)
+    assert any(line.startswith("  git_commit: ") for line in lines)
+
+
+def test_standard_clients_load_and_score_the_champion(stack: Stack, promoted: dict[str, Any], tmp_path: Path) -> None:
+    pipeline = mlflow.transformers.load_model(f"models:/{NAME}@champion")
+    generated = pipeline("Thou art", max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    assert generated.startswith("Thou art")
+
+    root = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path / "champion")))
+    include = stack.ws.artifacts / SUITE_STAGE / promoted["suite_version"] / TASKS_DIR
+    command = registry.lm_eval_command(root / "model", root / "components" / "tokenizer", include, ["ladder_next_line", "ladder_ppl_verse"])
+    command[0] = str(Path(sys.executable).parent / "lm_eval")
+    done = subprocess.run([*command, "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (results_file,) = (tmp_path / "out").rglob("results_*.json")
+    results = json.loads(results_file.read_text())["results"]
+    # The command line's numbers are the flow's (its batch size differs, so allow float noise).
+    assert results["ladder_ppl_verse"]["bits_per_byte,none"] == pytest.approx(
+        _metric(promoted, "ladder_ppl_verse/bits_per_byte")["value"], rel=1e-4
+    )
+    assert results["ladder_next_line"]["acc,none"] == pytest.approx(_metric(promoted, "ladder_next_line/acc")["value"], abs=1 / 24 + 1e-9)
+
+
+def test_a_champion_scored_on_another_suite_is_scored_again(stack: Stack, promoted: dict[str, Any]) -> None:
+    other = build_suite.fn(stack.ws, SuiteConfig(seed=1, items_per_task=8, fewshot_pool=4, ppl_docs_per_source=2), stack.dataset_md5)
+    assert other.version != promoted["suite_version"]
+    scores = score_champion.fn(NAME, other, RunConfig())
+    assert scores.version == registry.alias_version(NAME, registry.CHAMPION)
+    assert f"re-scored on suite {other.version}" in scores.note
+    assert set(scores.table) == set(other.metrics)
+    assert scores.table["ladder_ppl/bits_per_byte"].items == 4

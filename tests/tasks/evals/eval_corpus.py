@@ -1,0 +1,39 @@
+"""A small curated dataset in the data stage's layout: pseudo-verse passages from two sources."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from tasks.data.document import Document
+
+WORDS = (
+    "the king queen lord lady night day love death sword crown heaven earth sweet gentle noble "
+    "thou thee thy art hath doth shall would could speak hear see come go stay fair foul ill good"
+).split()
+
+
+def passage(rng: random.Random) -> str:
+    """Ten to thirty lines of four to ten words, capitalised, some with closing punctuation."""
+    lines = [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))).capitalize() + rng.choice(["", ",", ".", ";", "!"])
+        for _ in range(rng.randint(10, 30))
+    ]
+    return "\n".join(lines)
+
+
+def write_curated(data_dir: Path, sizes: dict[str, int], seed: int = 0) -> None:
+    """``data_dir/curated/<split>/part-00000.jsonl`` with ``sizes[split]`` documents, alternating sources."""
+    rng = random.Random(seed)
+    for split, count in sizes.items():
+        directory = data_dir / "curated" / split
+        directory.mkdir(parents=True, exist_ok=True)
+        docs = [Document(f"{split}/{i:04d}#0", ("verse", "prose")[i % 2], passage(rng)) for i in range(count)]
+        (directory / "part-00000.jsonl").write_text("".join(d.to_json() + "\n" for d in docs), encoding="utf-8")
+
+
+def append_train_document(data_dir: Path, doc: Document) -> None:
+    """Add one document to the train split (as a leak from an eval set would arrive)."""
+    part = data_dir / "curated" / "train" / "part-00000.jsonl"
+    with part.open("a", encoding="utf-8") as fh:
+        fh.write(doc.to_json() + "\n")
