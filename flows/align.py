@@ -1,0 +1,106 @@
+"""The align flow: instruction data -> SFT -> DPO on the model's own samples -> gains and alignment tax -> registry."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+
+from flows.evaluate import evaluate_flow
+from ladder import progress
+from ladder.config import load
+from ladder.project import ProjectConfig
+from ladder.workspace import Workspace
+from tasks.align.checkpoints import resolve_base
+from tasks.align.dpo import reward_margin, train_dpo
+from tasks.align.instructions import build_instructions
+from tasks.align.preferences import sample_preferences
+from tasks.align.report import evaluate_model, summarize
+from tasks.align.runs import lineage_tags, log_report, log_training_run, open_align_run
+from tasks.align.sft import train_sft
+from tasks.evals.gate import check_policy
+from tasks.evals.runner import table_rows
+from tasks.evals.suite import build_suite
+from tasks.tokenizer.stage import dataset_version
+
+
+@flow(name="align")
+def align_flow(
+    profile: str = "tiny",
+    overrides: list[str] | None = None,
+    base_model_dir: str | None = None,
+    dataset_md5: str | None = None,
+) -> dict[str, Any]:
+    """Align a base model: SFT on instruction data, then DPO on pairs of its own samples; measure gains and tax.
+
+    ``base_model_dir`` defaults to the registry's champion, else the latest pretrained model;
+    ``dataset_md5`` to the version in ``data.dvc``. Returns the SFT and DPO model dirs, the
+    table (one row per model: held-out instruction scores and eval-suite metrics), the DPO
+    reward margin on held-out pairs, the alignment tax of each aligned model against the base
+    and whether the final model is within the gate's bounds, the MLflow run ids, and (with
+    ``align.register_candidate``) the evaluate flow's verdict on the final model.
+    """
+    started = time.perf_counter()
+    progress.start("align")
+    project = load(ProjectConfig, profile, overrides or [])
+    cfg, evals = project.align, project.evals
+    ws = Workspace.from_env()
+    md5 = dataset_md5 or dataset_version(ws)
+    suite = build_suite(ws, evals.suite, md5)
+    check_policy(evals.gate, suite.metrics)
+    base = resolve_base(ws, evals.registered_model, base_model_dir)
+    instructions = build_instructions(
+        ws, cfg.instructions, md5, [evals.suite.eval_split, evals.suite.fewshot_split], evals.suite.ngram
+    )
+    tags = lineage_tags(base, instructions, md5)
+    align_run = open_align_run(ws, cfg, base, instructions, md5)
+    sft = train_sft(ws, cfg.sft, base, instructions)
+    sft_run = log_training_run(ws, "sft", cfg.sft, sft, align_run, tags, instructions=instructions)
+    policy, dpo_runs = sft, []
+    for iteration in range(1, cfg.iterations + 1):
+        pairs = sample_preferences(ws, cfg.sampling, policy, instructions, "train", iteration)
+        round_tags = {**tags, "ladder.align.iteration": str(iteration), "ladder.align.reference_version": policy.version}
+        policy = train_dpo(ws, cfg.dpo, policy, pairs)
+        dpo_runs.append(log_training_run(ws, "dpo", cfg.dpo, policy, align_run, round_tags, preferences=pairs))
+    heldout_pairs = sample_preferences(ws, cfg.sampling, sft, instructions, "heldout")
+    margin = reward_margin(policy, sft, heldout_pairs, cfg.dpo.beta, cfg.evaluation.batch_size)
+    heldout = instructions.items("heldout")
+    scores = [
+        evaluate_model(name, model, heldout, cfg.evaluation, suite, evals.run)
+        for name, model in (("base", base), ("sft", sft), ("dpo", policy))
+    ]
+    facts = {
+        "base model": base.registry_version or str(base.model_dir),
+        "instructions": f"{instructions.version} ({len(instructions.items('train'))} train, {len(heldout)} held-out items)",
+        "dataset": md5,
+        "eval suite": suite.version,
+    }
+    summary = summarize(scores, margin, evals.gate, facts)
+    log_report(align_run, summary.rows, margin, summary.passed, summary.markdown, {s.name: s.answers for s in scores})
+    registration = None
+    if cfg.register_candidate:
+        verdict = evaluate_flow(
+            profile=profile, overrides=overrides, model_dir=str(policy.model_dir), training_run_id=dpo_runs[-1],
+            dataset_md5=md5, lineage={"alignment_runs": ",".join([sft_run, *dpo_runs]),
+                                      "base_model": base.registry_version or str(base.model_dir)},
+            base_metrics=table_rows(scores[0].evals),
+        )
+        registration = {k: verdict[k] for k in ("version", "decision", "alias", "registered_model", "reasons")}
+    result = {
+        "base_model_dir": str(base.model_dir),
+        "sft_model_dir": str(sft.model_dir),
+        "dpo_model_dir": str(policy.model_dir),
+        "table": summary.rows,
+        "reward_margin": margin["margin"],
+        "reward_margin_accuracy": margin["accuracy"],
+        "tax": summary.tax,
+        "tax_checks": {model: [c.line() for c in checks] for model, checks in summary.checks.items()},
+        "passed_tax_bound": summary.passed,
+        "mlflow_run_ids": {"align": align_run, "sft": sft_run, "dpo": dpo_runs},
+        "instructions": instructions.artifact.metrics,
+        "registry": registration,
+    }
+    progress.finish("align", {"reward_margin": round(margin["margin"], 4), "passed_tax_bound": summary.passed},
+                    time.perf_counter() - started)
+    return result
