@@ -5,7 +5,8 @@ The artifact (``ArtifactStore`` stage ``data``) holds exactly what ``data/`` wil
 - ``curated/<split>/part-NNNNN.jsonl``: one ``Document`` per line, ``split.shard_documents`` per part;
 - ``quarantine.jsonl``: every document left out (id, source, reason, duplicate_of, detail, stats), in
   pipeline order: ingest, normalize, quality, dedup, mixture;
-- ``dataset.json``: config, corpus version, counts by reason, per-split and per-source statistics;
+- ``dataset.json``: config, corpus version, counts by reason, per-split and per-source statistics, and
+  the groups (works) the split kept together;
 
 plus ``quality/`` (Great Expectations results JSON and Data Docs), which stays in the artifact store.
 None of the data files holds a timestamp or an absolute path, so building twice gives the same bytes.
@@ -120,6 +121,12 @@ def build_dataset(out_dir: Path, files: list[InputFile], cfg: DataConfig, corpus
         "files": ingested.files,
         "documents": _counts(total, quarantined, split.splits, words),
         "sources": _sources(quarantined, split.splits),
+        # Which records split.group_by=work found to be one work, so a reader can check the grouping.
+        "groups": {
+            "group_by": cfg.split.group_by,
+            "total": len(split.groups),
+            "merged": {key: members for key, members in split.groups.items() if len(members) > 1},
+        },
     }
     for name in SPLITS:
         write_shards(split_dir(out_dir, name), split.splits[name], cfg.split.shard_documents)

