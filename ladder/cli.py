@@ -135,6 +135,23 @@ def tokenizer(profile: Profile = "tiny", overrides: Overrides = None, dry_run: D
     _show("tokenizer stage", result)
 
 
+@app.command()
+def pretrain(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun = False) -> None:
+    """Train the target model on the latest packed shards (resumes, rolls back on loss spikes)."""
+    from flows.pretrain import pretrain_flow
+
+    _show("pretrain stage", _run_stage("pretrain", ["train"], dry_run, profile, overrides, pretrain_flow))
+
+
+@app.command("ladder")
+def ladder_command(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun = False) -> None:
+    """Train the scaling ladder's rungs, fit L(N, D), and predict the target run's loss."""
+    from flows.ladder import ladder_flow
+
+    result = _run_stage("ladder", ["ladder", "train"], dry_run, profile, overrides, ladder_flow)
+    _show("scaling-law ladder", result)
+
+
 DeploymentNames = Annotated[
     list[str] | None,
     typer.Option("--name", "-n", help="Only this deployment of infra/prefect.yaml (repeatable; default: all)."),

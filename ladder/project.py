@@ -5,8 +5,12 @@ from __future__ import annotations
 from pydantic import Field
 
 from ladder.config import Section
+from tasks.align.config import AlignConfig
 from tasks.data.config import DataConfig
+from tasks.evals.config import EvalConfig
+from tasks.scaling.ladder import LadderConfig
 from tasks.tokenizer.config import TokenizerConfig
+from tasks.train.config import TrainConfig
 
 
 class ProjectConfig(Section):
@@ -14,3 +18,7 @@ class ProjectConfig(Section):
 
     data: DataConfig = Field(default_factory=DataConfig, description="Data stage: ingest to versioned dataset.")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokenizer stage: candidates, selection, packed shards.")
+    evals: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation stage: held-out eval suite, release gate, registry.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training stage: DeepSpeed loop, checkpoints, spike guard.")
+    align: AlignConfig = Field(default_factory=AlignConfig, description="Alignment stage: instruction data, SFT, DPO, alignment tax.")
+    ladder: LadderConfig = Field(default_factory=LadderConfig, description="Scaling-law ladder: rungs, fit, target prediction and gate.")

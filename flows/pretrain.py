@@ -1,0 +1,41 @@
+"""The pretraining flow: packed shards -> trained model, resumable, with automatic spike rollback."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+
+from ladder import progress
+from ladder.config import load
+from ladder.project import ProjectConfig
+from ladder.workspace import Workspace
+from tasks.train.stage import pretrain, publish, resolve_inputs_task
+
+
+@flow(name="pretrain")
+def pretrain_flow(
+    profile: str = "tiny",
+    overrides: list[str] | None = None,
+    shards_dir: str | None = None,
+    tokenizer_dir: str | None = None,
+    dataset_md5: str | None = None,
+) -> dict[str, Any]:
+    """Train the ``train`` section of ``profile`` on packed shards; an unchanged rerun is a cache hit.
+
+    ``shards_dir`` (holding ``train/`` and ``validation/``) defaults to the latest ``shards``
+    artifact, and ``tokenizer_dir`` and ``dataset_md5`` to what that artifact was built from.
+    Returns ``model_dir``, ``final_val_loss``, ``steps``, ``spike_events`` (how many
+    rollbacks), ``mlflow_run_id``, ``cached``, ``tokens_per_s``, ``mfu`` and ``artifact_version``.
+    """
+    started = time.perf_counter()
+    progress.start("pretrain")
+    ws = Workspace.from_env()
+    cfg = load(ProjectConfig, profile, overrides or []).train
+    inputs = resolve_inputs_task(ws, shards_dir, tokenizer_dir, dataset_md5)
+    artifact, cached = pretrain(ws, cfg, inputs)
+    summary = publish(artifact, cached)
+    shown = {key: summary[key] for key in ("final_val_loss", "steps", "spike_events", "cached")}
+    progress.finish("pretrain", shown, time.perf_counter() - started)
+    return summary

@@ -1,0 +1,1 @@
+"""The training stage: DeepSpeed loop, exact resume, atomic checkpoints, loss-spike rollback."""

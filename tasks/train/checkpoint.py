@@ -1,0 +1,254 @@
+"""Atomic, verifiable checkpoints with retention, and the run's ledger of spike events.
+
+A checkpoint is a directory ``ckpt-<seq>-step-<step>/`` holding
+
+- ``model.safetensors``: the whole model (written by rank 0);
+- ``optimizer-rank<r>.pt``: AdamW's state, one file per ZeRO partition (one file without
+  ZeRO), tensors and numbers only, read back with ``torch.load(weights_only=True)``;
+- ``rng-rank<r>.pt`` and ``rank-<r>.json``: each process's RNG and loader state;
+- ``trainer.json``: step, spike-guard window, run counters, config hash, world layout;
+- ``checksums.json``: sha256 and size of every other file, written last;
+- ``known_good`` (empty, added later): the step after this checkpoint passed the spike guard.
+
+A checkpoint holds the weights *after* its step's update, which no loss has measured yet;
+only the next step's loss does. So a checkpoint becomes known-good when that next step
+passes the guard, and a rollback returns to the newest known-good one, never to a state
+that may be the spike's cause.
+
+Every process writes into ``.tmp-<name>/``; rank 0 fsyncs the files, writes the checksums,
+renames the directory into place and fsyncs the parent. A crash at any point leaves either
+the previous checkpoints untouched or a temporary directory no reader looks at. Resume takes
+the newest checkpoint whose files match their checksums, skipping (and reporting) any other.
+
+``ledger.json`` beside the checkpoints records every spike event and the batch ranges it
+skipped. It lives outside any one checkpoint because a rollback returns to a checkpoint
+written before the event: a later resume must still skip those batches and count the retry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ladder.artifacts import file_sha256
+from tasks.train.engine import Dist
+
+if TYPE_CHECKING:
+    from tasks.train.engine import TrainEngine
+
+log = logging.getLogger(__name__)
+
+MODEL = "model.safetensors"
+TRAINER = "trainer.json"
+CHECKSUMS = "checksums.json"
+KNOWN_GOOD = "known_good"
+LEDGER = "ledger.json"
+_NAME = re.compile(r"^ckpt-(\d{6})-step-(\d{7})$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint directory (complete: renamed into place; verified: see ``verify``)."""
+
+    path: Path
+    seq: int
+    step: int
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return json.loads((self.path / TRAINER).read_text())
+
+    @property
+    def known_good(self) -> bool:
+        return (self.path / KNOWN_GOOD).exists()
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temporary file, fsync and rename: readers see the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.world_size > 1:
+        import torch.distributed
+
+        torch.distributed.barrier()
+
+
+class CheckpointStore:
+    """The checkpoints of one run, under ``root``; ``save`` is collective (every rank calls it)."""
+
+    def __init__(self, root: Path, dist: Dist) -> None:
+        self.root = root
+        self.dist = dist
+        root.mkdir(parents=True, exist_ok=True)
+
+    def all(self) -> list[Checkpoint]:
+        """Renamed-into-place checkpoints, oldest first (not yet verified)."""
+        found = []
+        for path in self.root.iterdir():
+            match = _NAME.match(path.name)
+            if match and path.is_dir():
+                found.append(Checkpoint(path, int(match[1]), int(match[2])))
+        return sorted(found, key=lambda c: c.seq)
+
+    @staticmethod
+    def verify(ckpt: Checkpoint) -> str | None:
+        """None when every file matches its checksum, else what is wrong."""
+        sums_path = ckpt.path / CHECKSUMS
+        if not sums_path.exists():
+            return "no checksums.json"
+        try:
+            sums = json.loads(sums_path.read_text())
+        except json.JSONDecodeError:
+            return "checksums.json is not valid JSON"
+        for name, expected in sorted(sums.items()):
+            path = ckpt.path / name
+            if not path.exists():
+                return f"{name} is missing"
+            if path.stat().st_size != expected["bytes"]:
+                return f"{name} has {path.stat().st_size} bytes, expected {expected['bytes']} (truncated?)"
+            if file_sha256(path) != expected["sha256"]:
+                return f"{name} does not match its sha256"
+        return None
+
+    def newest(self, known_good: bool = False) -> tuple[Checkpoint | None, list[dict[str, Any]]]:
+        """The newest checkpoint that verifies (and is known-good, if asked) and the ones skipped, with why."""
+        skipped = []
+        for ckpt in reversed(self.all()):
+            problem = self.verify(ckpt)
+            if problem is None and known_good and not ckpt.known_good:
+                continue
+            if problem is None:
+                return ckpt, skipped
+            log.warning("skipping checkpoint %s: %s", ckpt.path.name, problem)
+            skipped.append({"checkpoint": ckpt.path.name, "problem": problem})
+        return None, skipped
+
+    def save(
+        self,
+        step: int,
+        engine: TrainEngine,
+        rank_state: dict[str, Any],
+        trainer_state: dict[str, Any],
+        keep_last: int,
+    ) -> Checkpoint:
+        """Write a checkpoint atomically, then prune to ``keep_last`` plus the newest known-good."""
+        existing = self.all()
+        seq = existing[-1].seq + 1 if existing else 0
+        name = f"ckpt-{seq:06d}-step-{step:07d}"
+        tmp = self.root / f".tmp-{name}"
+        weights = engine.full_weights()  # collective under ZeRO-3
+        rank = self.dist.rank
+        if self.dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        _barrier(self.dist)
+        if engine.cfg.zero_stage or self.dist.is_main:
+            torch.save(engine.optimizer_state(), tmp / f"optimizer-rank{rank}.pt")
+        torch.save(_rng_state(), tmp / f"rng-rank{rank}.pt")
+        (tmp / f"rank-{rank}.json").write_text(json.dumps(rank_state, sort_keys=True))
+        if self.dist.is_main:
+            from safetensors.torch import save_file
+
+            save_file(weights, tmp / MODEL)
+            (tmp / TRAINER).write_text(json.dumps({**trainer_state, "step": step, "seq": seq}, indent=2, sort_keys=True))
+        _barrier(self.dist)
+        final = self.root / name
+        if self.dist.is_main:
+            sums = {}
+            for path in sorted(tmp.iterdir()):
+                fsync_path(path)
+                sums[path.name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+            (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True))
+            fsync_path(tmp / CHECKSUMS)
+            fsync_path(tmp)
+            os.rename(tmp, final)
+            fsync_path(self.root)
+            self._prune(keep_last)
+        _barrier(self.dist)
+        return Checkpoint(final, seq, step)
+
+    def _prune(self, keep_last: int) -> None:
+        ckpts = self.all()
+        keep = {c.seq for c in ckpts[-keep_last:]}
+        good = [c for c in ckpts if c.known_good]
+        if good:
+            keep.add(good[-1].seq)
+        for ckpt in ckpts:
+            if ckpt.seq not in keep:
+                shutil.rmtree(ckpt.path)
+        for leftover in self.root.glob(".tmp-ckpt-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def mark_known_good(self, ckpt: Checkpoint) -> None:
+        """Record that the step after ``ckpt`` passed the spike guard (rank 0 writes)."""
+        if self.dist.is_main and ckpt.path.exists():
+            (ckpt.path / KNOWN_GOOD).touch()
+            fsync_path(ckpt.path)
+
+    def load(self, ckpt: Checkpoint, engine: TrainEngine) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restore weights, optimizer and RNG into ``engine``; returns (this rank's state, trainer state)."""
+        from safetensors.torch import load_file
+
+        meta = ckpt.meta
+        layout = {"world_size": self.dist.world_size, "zero_stage": engine.cfg.zero_stage}
+        saved = {key: meta[key] for key in layout}
+        if saved != layout:
+            raise ValueError(
+                f"checkpoint {ckpt.path} was written with {saved}, this run has {layout}: resume with the "
+                "same number of processes and ZeRO stage, or start a new run directory"
+            )
+        rank = self.dist.rank
+        engine.load_weights(load_file(ckpt.path / MODEL))
+        optimizer_file = ckpt.path / f"optimizer-rank{rank if engine.cfg.zero_stage else 0}.pt"
+        engine.load_optimizer_state(torch.load(optimizer_file, weights_only=True))
+        _set_rng_state(torch.load(ckpt.path / f"rng-rank{rank}.pt", weights_only=True))
+        return json.loads((ckpt.path / f"rank-{rank}.json").read_text()), meta
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.root / LEDGER
+
+    def read_ledger(self) -> dict[str, Any]:
+        """Spike events, skipped batch ranges and fired faults so far (empty for a new run)."""
+        if not self.ledger_path.exists():
+            return {"events": [], "skips": [], "fired_faults": []}
+        return json.loads(self.ledger_path.read_text())
+
+    def write_ledger(self, ledger: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            write_json_atomic(self.ledger_path, ledger)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,239 @@
+"""The DeepSpeed engine: process group, config from infra/deepspeed, AdamW, one training step.
+
+Precision ``bf16`` is ``torch.autocast`` over fp32 weights, not DeepSpeed's bf16 mode (bf16
+weights with fp32 masters inside the optimizer): with fp32 weights the model's parameters
+*are* the master weights on every ZeRO stage, so a checkpoint of the weights plus the base
+optimizer's state is exact, and the same mode runs on CPU and GPU.
+
+Checkpoints never use ``engine.save_checkpoint``: it pickles optimizer objects that only
+``torch.load(weights_only=False)`` can read. The engine instead exposes the weights (saved
+as safetensors) and the base AdamW's state dict (tensors and numbers, loadable with
+``weights_only=True``), per rank when ZeRO partitions it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from models.llama import causal_lm_loss
+from tasks.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from tasks.tokenizer.loader import Batch
+
+DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
+# Keys the TrainConfig owns; a DeepSpeed file that sets them would be a second source of truth.
+OWNED_KEYS = {
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+    "gradient_clipping", "optimizer", "scheduler", "bf16", "fp16", "torch_autocast",
+}
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed() -> Dist:
+    """Join the process group torchrun set up, or make a one-process group when run directly.
+
+    CPU uses gloo, GPU nccl. On CPU, DeepSpeed would compile its shared-memory allreduce
+    kernel (a minute of C++ on a fresh machine) for inference collectives that training
+    never calls, so its builder is turned off first.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(
+                RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+            )
+        if not cuda:
+            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    # torchrun always sets LOCAL_RANK; a one-process group made earlier in this process may
+    # have outlived its environment, and DeepSpeed reads LOCAL_RANK whenever it builds an engine.
+    local_rank = int(os.environ.setdefault("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+    """The file's cluster tuning plus the batch, accumulation and clipping the TrainConfig owns."""
+    if world_size != cfg.nproc_per_node:
+        raise ValueError(
+            f"{world_size} processes run a config for nproc_per_node={cfg.nproc_per_node}: "
+            "launch with tasks.train.launch, which starts as many as the config says"
+        )
+    path = Path(cfg.deepspeed_config) if cfg.deepspeed_config else DEEPSPEED_DIR / f"zero{cfg.zero_stage}.json"
+    if not path.exists():
+        raise ValueError(f"DeepSpeed config {path} not found: set train.deepspeed_config to a JSON file")
+    tuning = json.loads(path.read_text())
+    if clash := OWNED_KEYS & tuning.keys():
+        raise ValueError(f"{path} sets {sorted(clash)}, which come from the train config: remove them from the file")
+    zero = tuning.get("zero_optimization", {})
+    if zero.get("stage", cfg.zero_stage) != cfg.zero_stage:
+        raise ValueError(f"{path} is for ZeRO stage {zero['stage']} but train.zero_stage={cfg.zero_stage}")
+    return {
+        **tuning,
+        "train_batch_size": cfg.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accumulation,
+        # Stage 0 clips in TrainEngine.step: DeepSpeed computes that norm but does not report it.
+        "gradient_clipping": cfg.grad_clip if cfg.zero_stage else 0.0,
+        "zero_optimization": {**zero, "stage": cfg.zero_stage},
+    }
+
+
+class TrainEngine:
+    """A model wrapped by DeepSpeed with AdamW: ``loss``, ``backward`` and ``step`` per micro-batch."""
+
+    def __init__(self, model: PreTrainedModel, cfg: TrainConfig, dist: Dist) -> None:
+        import deepspeed
+
+        self.cfg = cfg
+        self.dist = dist
+        self.attn_implementation = model.config._attn_implementation
+        model.to(dist.device)
+        # Norm gains are 1-D; decaying them toward 0 would fight the normalisation.
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        opt = cfg.optimizer
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=True,
+        )
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(cfg, dist.world_size)
+        )
+        if dist.world_size == 1 and cfg.zero_stage == 0:
+            # Nothing to reduce, but DeepSpeed would still flatten and copy every gradient (3% of a
+            # step on CPU). ZeRO stages need that call: it moves gradients into their partitions.
+            self.engine.enable_backward_allreduce = False
+        self.autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+    @property
+    def module(self) -> PreTrainedModel:
+        return self.engine.module
+
+    def loss(self, batch: Batch, z_loss: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward one micro-batch; the loss is fp32 whatever the autocast dtype."""
+        inputs = batch.model_inputs(self.attn_implementation, torch.float32, self.dist.device)
+        with self.autocast:
+            logits = self.engine(**inputs, use_cache=False).logits  # (B, T, V)
+        return causal_lm_loss(logits, batch.labels.to(self.dist.device, non_blocking=True), z_loss)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> torch.Tensor | None:
+        """Call after every micro-batch's backward (DeepSpeed counts micro-steps). After the
+        last one it applies the update and returns the pre-clip global grad norm; else None."""
+        if not self.engine.is_gradient_accumulation_boundary():
+            self.engine.step()
+            return None
+        if self.cfg.zero_stage == 0:
+            norm = torch.nn.utils.clip_grad_norm_(
+                self.engine.module.parameters(), self.cfg.grad_clip or float("inf"), foreach=True
+            )
+            self.engine.step()
+            return norm
+        self.engine.step()
+        # ZeRO reports inf when the norm was not finite (it then skips the update itself).
+        return torch.as_tensor(self.engine.get_global_grad_norm(), dtype=torch.float32)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _base_optimizer(self) -> torch.optim.Optimizer:
+        return self.engine.optimizer.optimizer if self.cfg.zero_stage else self.engine.optimizer
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """This rank's AdamW state (its partition under ZeRO): tensors and numbers only."""
+        base = self._base_optimizer()
+        if self.cfg.zero_stage != 3:
+            return base.state_dict()
+        # ZeRO-3 attaches its fp32 partitions to the param groups only around a step.
+        self.engine.optimizer._set_fp32_optimizer_param_groups()
+        try:
+            return base.state_dict()
+        finally:
+            self.engine.optimizer._clear_fp32_optimizer_param_groups()
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        base = self._base_optimizer()
+        if self.cfg.zero_stage != 3:
+            base.load_state_dict(state)
+            return
+        self.engine.optimizer._set_fp32_optimizer_param_groups()
+        try:
+            base.load_state_dict(state)
+        finally:
+            self.engine.optimizer._clear_fp32_optimizer_param_groups()
+
+    def full_weights(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights on CPU on rank 0 (every rank must call: ZeRO-3 gathers)."""
+        if self.cfg.zero_stage == 3:
+            weights = dict(self.engine._zero3_consolidated_16bit_state_dict() or {})
+            # It keeps tied weights shared; safetensors wants each tensor stored once.
+            return {name: t.clone() if name in tied_names(weights) else t for name, t in weights.items()}
+        if not self.dist.is_main:
+            return {}
+        return {name: t.detach().to("cpu", copy=True) for name, t in self.engine.module.state_dict().items()}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Overwrite the weights in place on every rank and refresh ZeRO's fp32 partitions."""
+        import deepspeed
+
+        module = self.engine.module
+        if self.cfg.zero_stage == 3:
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
+                if self.dist.is_main:
+                    module.load_state_dict(weights)
+        else:
+            module.load_state_dict(weights)
+        if self.cfg.zero_stage:
+            self.engine.optimizer.refresh_fp32_params()
+
+
+def tied_names(weights: dict[str, torch.Tensor]) -> dict[str, str]:
+    """``alias -> first name`` for tensors that share storage (tied embeddings)."""
+    first: dict[tuple[int, int], str] = {}
+    aliases = {}
+    for name, tensor in weights.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases

@@ -1,0 +1,431 @@
+"""The training loop: steps, checkpoints, resume, and the rollback a spike triggers.
+
+``train`` is the plain function every launch runs, on 1 or N processes alike: it joins the
+process group, builds the data, model and engine, resumes from the newest checkpoint that
+verifies (or saves step 0), trains with callbacks, and saves the final model in HF format.
+
+A rollback (PaLM's recipe, closed-loop): restore model, optimizer, loader and guard from the
+newest known-good checkpoint; skip the mix batches from that checkpoint's position to the
+spike's plus ``rollback_margin_batches``; scale the learning rate down for
+``lr_scale_steps``; record the event and its evidence in the ledger; go on. Every rank takes
+the same decision, because the values it is taken on (loss averaged over ranks, global grad
+norm) are the same on every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import statistics
+from collections.abc import Iterator
+from dataclasses import asdict
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from models.llama import flops_per_token
+from tasks.tokenizer.loader import Batch, PackedLoader
+from tasks.tokenizer.shards import PackedShards
+from tasks.train.callbacks import (
+    Callback,
+    CheckpointCallback,
+    EvalCallback,
+    LossCurve,
+    MetricsFile,
+    MLflowCallback,
+    SpeedMonitor,
+    SpikeGuardCallback,
+    StepOutput,
+)
+from tasks.train.checkpoint import Checkpoint, CheckpointStore, write_json_atomic
+from tasks.train.config import TrainConfig
+from tasks.train.continued import initial_model, resolve
+from tasks.train.data import MAIN, REPLAY, TrainData, merge_ranges
+from tasks.train.engine import Dist, TrainEngine, init_distributed
+from tasks.train.faults import FaultInjector
+from tasks.train.schedule import lr_at
+from tasks.train.spike import RetryBudgetExhausted, Spike, SpikeEvent, rare_token_mask, window_evidence
+
+if TYPE_CHECKING:
+    import numpy as np
+    from transformers import PreTrainedTokenizerBase
+
+    from models.llama import ModelConfig
+
+log = logging.getLogger(__name__)
+
+RESULT = "result.json"
+MODEL_DIR = "model"
+CHECKPOINTS_DIR = "checkpoints"
+EVIDENCE_DIR = "spikes"
+
+
+class Trainer:
+    """One run's state and loop; callbacks do everything but stepping, restoring and rolling back."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        dist: Dist,
+        engine: TrainEngine,
+        data: TrainData,
+        val_shards: PackedShards,
+        model_cfg: ModelConfig,
+        callbacks: list[Callback],
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.dist = dist
+        self.engine = engine
+        self.data = data
+        self.val_shards = val_shards
+        self.model_cfg = model_cfg
+        self.callbacks = callbacks
+        self.tokenizer = tokenizer
+        self.seq_len = data.seq_len
+        self.total_steps = cfg.total_steps(self.seq_len)
+        self.store = CheckpointStore(run_dir / CHECKPOINTS_DIR, dist)
+        self.ledger = self.store.read_ledger()
+        self.faults = FaultInjector(cfg.faults, cfg.seed, dist.rank, model_cfg.vocab_size)
+        self.fault_at_step: dict[int, str] = {}
+        self.step = 0
+        self.tokens_seen = 0
+        self.lr_scale = 1.0
+        self.lr_scale_until = 0
+        self.peak_flops = 0.0  # set by SpeedMonitor.on_start
+        self.throughput: list[float] = []
+        self.resumed_from: str | None = None
+        self.skipped_checkpoints: list[dict[str, Any]] = []
+        self._spike: Spike | None = None
+        self._unconfirmed: Checkpoint | None = None
+        self._rare: tuple[np.ndarray, float] | None = None
+
+    # ---- hooks the callbacks call -------------------------------------------------------
+
+    @property
+    def rollback_requested(self) -> bool:
+        return self._spike is not None
+
+    def request_rollback(self, spike: Spike) -> None:
+        self._spike = spike
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.dist.is_main:
+            log.info("step %d/%d %s", step, self.total_steps, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        for cb in self.callbacks:
+            cb.on_log(self, step, metrics)
+
+    def flush_checks(self) -> None:
+        for cb in self.callbacks:
+            if isinstance(cb, SpikeGuardCallback):
+                cb.flush(self)
+
+    def save_checkpoint(self) -> Checkpoint | None:
+        """Checkpoint the current step, unless a pending check finds a spike (then the loop rolls back)."""
+        self.flush_checks()
+        if self.rollback_requested:
+            return None
+        trainer_state = {
+            "tokens_seen": self.tokens_seen,
+            "world_size": self.dist.world_size,
+            "zero_stage": self.cfg.zero_stage,
+            "config_hash": self.cfg.hash(),
+            "fired_faults": sorted(self.faults.fired),
+            "callbacks": {cb.name: s for cb in self.callbacks if (s := cb.state_dict()) is not None},
+        }
+        ckpt = self.store.save(
+            self.step, self.engine, {"data": self.data.state_dict()}, trainer_state, self.cfg.checkpoint.keep_last
+        )
+        self._unconfirmed = ckpt
+        return ckpt
+
+    def confirm(self, step: int) -> None:
+        """The guard passed ``step``: the checkpoint written just before it is known-good."""
+        if self._unconfirmed is not None and step == self._unconfirmed.step + 1:
+            self.store.mark_known_good(self._unconfirmed)
+            self._unconfirmed = None
+
+    def evaluate(self) -> float:
+        """Token-weighted validation cross-entropy over the same first batches every time."""
+        loader = PackedLoader(
+            self.val_shards, self.cfg.micro_batch_size, self.cfg.seed, self.dist.rank, self.dist.world_size, shuffle=False
+        )
+        sums = torch.zeros(2, dtype=torch.float64, device=self.dist.device)  # (ce * tokens, tokens)
+        self.engine.module.eval()
+        with torch.no_grad():
+            # In micro-batches, so that 1 and N processes evaluate the same sequences.
+            micro_batches = self.cfg.eval.batches * self.cfg.grad_accumulation
+            for batch in islice(loader, min(micro_batches, loader.batches_per_epoch)):
+                _, parts = self.engine.loss(batch, z_loss=0.0)
+                sums += torch.stack([parts["ce"].double() * parts["tokens"], parts["tokens"].double()])
+        self.engine.module.train()
+        self._all_reduce_sum(sums)
+        return float(sums[0] / sums[1].clamp(min=1))
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        self._resume_or_start()
+        for cb in self.callbacks:
+            cb.on_start(self)
+        batches = iter(self.data)
+        while True:
+            while self.step < self.total_steps:
+                out = self._train_step(batches)
+                for cb in self.callbacks:
+                    cb.on_step(self, out)
+                    if self.rollback_requested:
+                        break
+                if self.rollback_requested:
+                    self._rollback()
+                    batches = iter(self.data)
+            self.flush_checks()
+            if not self.rollback_requested:
+                break
+            self._rollback()
+            batches = iter(self.data)
+        if self.store.all()[-1].step != self.step:
+            self.save_checkpoint()  # so a rerun of a finished run resumes at its end
+        final_val_loss = self.evaluate()
+        self.log(self.step, {"val_loss": final_val_loss})
+        model_dir = self._save_final_model()
+        result = {
+            "model_dir": str(model_dir),
+            "final_val_loss": final_val_loss,
+            "steps": self.step,
+            "tokens_seen": self.tokens_seen,
+            "spike_events": self.ledger["events"],
+            "tokens_per_s": _median(self.throughput),
+            "mfu": _median(self.throughput) * flops_per_token(self.model_cfg, self.seq_len, include_logits=True)
+            / (self.peak_flops * self.dist.world_size),
+            "peak_tflops_per_process": self.peak_flops / 1e12,
+            "resumed_from": self.resumed_from,
+            "skipped_checkpoints": self.skipped_checkpoints,
+            "world_size": self.dist.world_size,
+        }
+        for cb in self.callbacks:
+            cb.on_end(self, result)
+        return result
+
+    def _train_step(self, batches: Iterator[tuple[int, str, Batch]]) -> StepOutput:
+        step = self.step + 1
+        due = self.faults.due(step)
+        lr = lr_at(step, self.total_steps, self.cfg.optimizer.lr, self.cfg.schedule)
+        lr *= (self.lr_scale if step <= self.lr_scale_until else 1.0) * self.faults.lr_factor(due)
+        self.engine.set_lr(lr)
+        losses = []
+        for micro in range(self.cfg.grad_accumulation):
+            _, _, batch = next(batches)
+            batch = self.faults.batch(due, step, micro, batch)
+            loss, _ = self.engine.loss(batch, self.model_cfg.z_loss)
+            loss = self.faults.loss(due, loss)
+            self.engine.backward(loss)
+            losses.append(loss.detach())
+            grad_norm = self.engine.step()
+        assert grad_norm is not None, "the last micro-batch must end the accumulation"
+        mean_loss = torch.stack(losses).mean()
+        if self.dist.world_size > 1:
+            self._all_reduce_sum(mean_loss)
+            mean_loss = mean_loss / self.dist.world_size
+        if due:
+            self.faults.fired.update(due)
+            self.fault_at_step[step] = self.faults.describe(due) or ""
+        tokens = self.cfg.global_batch_size * self.seq_len
+        self.step = step
+        self.tokens_seen += tokens
+        return StepOutput(step, mean_loss, grad_norm, lr, tokens)
+
+    def _broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        if self.dist.world_size == 1:
+            return value
+        import torch.distributed
+
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _all_reduce_sum(self, tensor: torch.Tensor) -> None:
+        if self.dist.world_size > 1:
+            import torch.distributed
+
+            torch.distributed.all_reduce(tensor)
+
+    # ---- resume and rollback ---------------------------------------------------------------------
+
+    def _resume_or_start(self) -> None:
+        ckpt, self.skipped_checkpoints = self.store.newest()
+        if ckpt is None:
+            self._apply_ledger()
+            self.save_checkpoint()
+            return
+        saved_hash = ckpt.meta["config_hash"]
+        if saved_hash != self.cfg.hash():
+            raise ValueError(
+                f"{self.run_dir} holds checkpoints of config {saved_hash}, this run's config is {self.cfg.hash()}: "
+                "use a new run directory (or the config those checkpoints were written with)"
+            )
+        self._restore(ckpt)
+        self._unconfirmed = None if ckpt.known_good else ckpt
+        self.resumed_from = ckpt.path.name
+        log.info("resumed from %s (step %d)", ckpt.path.name, self.step)
+
+    def _apply_ledger(self) -> None:
+        """Skips, fired faults and the learning-rate cut recorded by earlier rollbacks of this run."""
+        for lo, hi in self.ledger["skips"]:
+            self.data.skip(lo, hi)
+        self.faults.fired.update(self.ledger["fired_faults"])
+        if self.ledger["events"]:
+            last = self.ledger["events"][-1]
+            self.lr_scale, self.lr_scale_until = last["lr_scale"], last["lr_scale_until_step"]
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        rank_state, meta = self.store.load(ckpt, self.engine)
+        self.data.load_state_dict(rank_state["data"])
+        self.step = meta["step"]
+        self.tokens_seen = meta["tokens_seen"]
+        self.faults.fired.update(meta["fired_faults"])
+        for cb in self.callbacks:
+            if cb.name in meta["callbacks"]:
+                cb.load_state_dict(meta["callbacks"][cb.name])
+        self._apply_ledger()
+
+    def _rollback(self) -> None:
+        spike = self._spike
+        assert spike is not None
+        guard = self.cfg.spike_guard
+        events = self.ledger["events"]
+        if len(events) >= guard.max_retries:
+            self.ledger["failed"] = {"spike": asdict(spike), "detected_at_step": self.step}
+            self.store.write_ledger(self.ledger)
+            raise RetryBudgetExhausted(events, spike, guard.max_retries)
+        ckpt, _ = self.store.newest(known_good=True) if self.dist.is_main else (None, [])
+        # Rank 0 looks at the files; every rank must restore the same checkpoint.
+        name = self._broadcast(ckpt.path.name if ckpt else None)
+        if name is None:
+            raise RuntimeError(f"spike at step {spike.step} ({spike.reason}) but no known-good checkpoint verifies")
+        ckpt = next(c for c in self.store.all() if c.path.name == name)
+        start = json.loads((ckpt.path / "rank-0.json").read_text())["data"]["position"]
+        stop = self.data.position + guard.rollback_margin_batches
+        evidence, rows = self._evidence(start, stop) if self.dist.is_main else ({}, [])
+        detected_at = self.step
+        self._restore(ckpt)
+        self._unconfirmed = None
+        self.data.skip(start, stop)
+        self.lr_scale, self.lr_scale_until = guard.lr_scale, ckpt.step + guard.lr_scale_steps
+        event = SpikeEvent(
+            attempt=len(events) + 1,
+            spike=spike,
+            detected_at_step=detected_at,
+            rollback_checkpoint=ckpt.path.name,
+            rollback_step=ckpt.step,
+            skipped=(start, stop),
+            lr_scale=self.lr_scale,
+            lr_scale_until_step=self.lr_scale_until,
+            fault=self.fault_at_step.get(spike.step),
+            evidence=evidence,
+        )
+        events.append({**event.to_dict(), "summary": event.summary()})
+        self.ledger["skips"] = [list(r) for r in merge_ranges([*map(tuple, self.ledger["skips"]), (start, stop)])]
+        self.ledger["fired_faults"] = sorted(self.faults.fired)
+        self.store.write_ledger(self.ledger)
+        if self.dist.is_main:
+            log.warning("spike guard: %s", event.summary())
+            evidence_dir = self.run_dir / EVIDENCE_DIR
+            evidence_dir.mkdir(exist_ok=True)
+            with (evidence_dir / f"evidence-{event.attempt}.jsonl").open("w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, sort_keys=True) + "\n")
+        self._spike = None
+        for cb in self.callbacks:
+            cb.on_rollback(self, event)
+
+    def _evidence(self, start: int, stop: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        if self._rare is None:
+            self._rare = rare_token_mask(self.data, self.cfg.spike_guard.rare_k)
+        rare, baseline = self._rare
+        return window_evidence(self.data, start, stop, rare, baseline)
+
+    # ---- the result --------------------------------------------------------------------------
+
+    def _save_final_model(self) -> Path:
+        """``model/``: save_pretrained (safetensors) plus the tokenizer, loadable by HF, TRL and lm-eval."""
+        weights = self.engine.full_weights()  # collective under ZeRO-3
+        final = self.run_dir / MODEL_DIR
+        if self.dist.is_main:
+            tmp = self.run_dir / f".tmp-{MODEL_DIR}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.engine.module.save_pretrained(tmp, state_dict=weights)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        if self.dist.world_size > 1:
+            import torch.distributed
+
+            torch.distributed.barrier()
+        return final
+
+
+def _median(values: list[float]) -> float:
+    """Median of the logged throughputs (the first interval includes start-up, so not the mean)."""
+    return statistics.median(values) if values else 0.0
+
+
+def train(
+    cfg: TrainConfig,
+    train_shards: Path,
+    val_shards: Path,
+    run_dir: Path,
+    tokenizer_dir: Path | None = None,
+    mlflow_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) the run in ``run_dir``; returns the result (also ``result.json`` on rank 0).
+
+    Raises ``RetryBudgetExhausted`` (its message reports every rollback) when spikes outlast
+    ``spike_guard.max_retries``.
+    """
+    dist = init_distributed()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shards = {MAIN: PackedShards(train_shards)}
+    cfg = resolve(cfg, shards[MAIN])  # the config checkpoints are tagged with, however it was launched
+    if cfg.replay.shards_dir:
+        shards[REPLAY] = PackedShards(Path(cfg.replay.shards_dir))
+    data = TrainData(shards, cfg.replay.share, cfg.micro_batch_size, cfg.seed, dist.rank, dist.world_size)
+    val = PackedShards(val_shards)
+    if val.seq_len != data.seq_len:
+        raise ValueError(f"validation shards have seq_len {val.seq_len}, training shards {data.seq_len}: pack both alike")
+    model, model_cfg, tokenizer = initial_model(cfg, shards[MAIN], tokenizer_dir)
+    engine = TrainEngine(model, cfg, dist)
+    # On an accelerator the guard reads each step one step late, so the host never waits.
+    lag = 1 if dist.device.type == "cuda" else 0
+    callbacks: list[Callback] = []
+    if cfg.spike_guard.enabled:
+        callbacks.append(SpikeGuardCallback(cfg.spike_guard, lag))
+    callbacks += [
+        SpeedMonitor(cfg.log_every, flops_per_token(model_cfg, data.seq_len, include_logits=True), cfg.peak_tflops),
+        EvalCallback(cfg.eval.every_steps),
+        CheckpointCallback(cfg.checkpoint.every_steps),
+    ]
+    if dist.is_main:
+        callbacks += [MetricsFile(run_dir), LossCurve(run_dir)]
+        if mlflow_run_id:
+            callbacks.append(MLflowCallback(mlflow_run_id))
+    trainer = Trainer(cfg, run_dir, dist, engine, data, val, model_cfg, callbacks, tokenizer)
+    try:
+        result = trainer.fit()
+    finally:
+        for cb in callbacks:
+            cb.close()
+    if dist.is_main:
+        result["mlflow"] = next(
+            ({"failed": cb.failed, "dropped": cb.dropped} for cb in callbacks if isinstance(cb, MLflowCallback)), None
+        )
+        write_json_atomic(run_dir / RESULT, result)
+    return result
+
