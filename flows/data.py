@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import flow
 
+from ladder import progress
 from ladder.config import load
 from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
@@ -22,6 +24,8 @@ def data_flow(profile: str = "tiny", overrides: list[str] | None = None) -> dict
     unchanged corpus and config did no work), ``counts`` (files, documents kept and quarantined by
     reason, per split), ``data_docs`` (the quality report's HTML) and ``mlflow_run_id``.
     """
+    started = time.perf_counter()
+    progress.start("data")
     cfg = load(ProjectConfig, profile, overrides or []).data
     ws = Workspace.from_env()
     files = list_inputs(cfg.input)
@@ -29,4 +33,6 @@ def data_flow(profile: str = "tiny", overrides: list[str] | None = None) -> dict
     md5 = version_dataset(ws, artifact)
     summary = summarize(artifact, md5, cached, log_dataset(ws, cfg, artifact, md5, cached))
     publish_summary(summary)
+    shown = {"dataset_md5": md5, "kept": summary["counts"]["kept"], "quarantined": summary["counts"]["quarantined"], "cached": cached}
+    progress.finish("data", shown, time.perf_counter() - started)
     return summary

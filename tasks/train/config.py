@@ -130,6 +130,11 @@ class TrainConfig(Section):
         None, description="DeepSpeed JSON with the cluster tuning (buckets, overlap); default infra/deepspeed/zero<stage>.json."
     )
     nproc_per_node: int = Field(1, ge=1, description="Processes launched (torchrun); the global batch stays the same.")
+    threads_per_process: int | None = Field(
+        None, ge=1,
+        description="CPU threads of each training process (OMP_NUM_THREADS); null keeps torch's default. "
+        "Runs side by side (ladder rungs) share the cores this way instead of fighting over them.",
+    )
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoint cadence and retention.")
     spike_guard: SpikeGuardConfig = Field(default_factory=SpikeGuardConfig, description="Loss-spike detection and rollback.")
     faults: list[FaultConfig] = Field([], description="Faults to inject (tests and demos); each fires once.")

@@ -120,7 +120,10 @@ def run_training(
     command = launch_command(cfg, config_path, run_dir, train_shards, val_shards, tokenizer_dir, mlflow_run_id)
     tail: deque[str] = deque(maxlen=40)
     with (run_dir / LOG_FILE).open("a", encoding="utf-8") as log_fh:
-        proc = subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env = child_env()
+        if cfg.threads_per_process is not None:
+            env["OMP_NUM_THREADS"] = str(cfg.threads_per_process)
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
         for line in proc.stdout:
             log_fh.write(line)

@@ -1,0 +1,44 @@
+"""The scaling-law ladder: train the rungs, fit L(N, D), predict the target run before it starts."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+
+from ladder import progress
+from ladder.config import load
+from ladder.project import ProjectConfig
+from ladder.workspace import Workspace
+from tasks.scaling.stage import publish_ladder, run_ladder
+from tasks.train.stage import resolve_inputs_task
+
+
+@flow(name="ladder")
+def ladder_flow(
+    profile: str = "tiny",
+    overrides: list[str] | None = None,
+    shards_dir: str | None = None,
+    tokenizer_dir: str | None = None,
+    dataset_md5: str | None = None,
+) -> dict[str, Any]:
+    """Rungs of the ``ladder`` section, resized from the ``train`` section (the target run).
+
+    Returns the fit, the self-check error on the top rung, the target's prediction with its
+    interval, the compute-optimal answers, the artifact version and whether it was cached.
+    """
+    started = time.perf_counter()
+    progress.start("ladder")
+    ws = Workspace.from_env()
+    cfg = load(ProjectConfig, profile, overrides or [])
+    inputs = resolve_inputs_task(ws, shards_dir, tokenizer_dir, dataset_md5)
+    artifact, cached = run_ladder(ws, cfg.ladder, cfg.train, inputs)
+    summary = {**publish_ladder(artifact), "cached": cached}
+    progress.finish(
+        "ladder",
+        {"self_check_rel_error": f"{summary['self_check_rel_error']:+.2%}",
+         "predicted_loss": round(summary["prediction"]["loss"], 4), "cached": cached},
+        time.perf_counter() - started,
+    )
+    return summary

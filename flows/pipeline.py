@@ -1,0 +1,99 @@
+"""The end-to-end pipeline: each stage a subflow, skipped by the stage contract when unchanged.
+
+data -> tokenizer -> ladder (fit and predict) -> pretrain (the target) -> scaling gate ->
+evaluate and gate -> align -> evaluate and gate. A failed scaling gate stops the pipeline
+before alignment unless ``ladder.override_gate`` is set; the evaluation gates decide what the
+registry promotes. The flow's result (or its failure message) says which gate decided what.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.align import align_flow
+from flows.data import data_flow
+from flows.evaluate import evaluate_flow
+from flows.ladder import ladder_flow
+from flows.pretrain import pretrain_flow
+from flows.tokenizer import tokenizer_flow
+from ladder.config import load
+from ladder.project import ProjectConfig
+from ladder.workspace import Workspace
+from tasks.scaling.stage import target_gate
+from tasks.train.stage import store
+
+
+class GateStopped(ValueError):
+    """A gate stopped the pipeline; the message names the gate and its reasons."""
+
+
+@task(name="check-dataset-version", cache_policy=NO_CACHE)
+def check_dataset_version(requested: str | None, produced: str) -> None:
+    """A run started for one dataset version must not train on another."""
+    if requested and requested != produced:
+        raise ValueError(
+            f"the pipeline was started for dataset {requested}, but the data stage produced {produced}: "
+            "run `dvc checkout` or rerun `ladder data` for the intended version"
+        )
+
+
+@task(name="publish-pipeline-summary", cache_policy=NO_CACHE)
+def publish_summary(summary: dict[str, Any]) -> None:
+    lines = [f"- **{key}**: {value}" for key, value in summary.items()]
+    create_markdown_artifact(
+        key="pipeline-summary", markdown="# ladder pipeline\n\n" + "\n".join(lines),
+        description="What the pipeline produced and which gates decided what.",
+    )
+
+
+@flow(name="pipeline")
+def pipeline_flow(
+    profile: str = "tiny", overrides: list[str] | None = None, dataset_md5: str | None = None
+) -> dict[str, Any]:
+    """The whole method on the configured corpus; ``dataset_md5`` is what a data-version trigger passes."""
+    started = time.perf_counter()
+    overrides = overrides or []
+    common = {"profile": profile, "overrides": overrides}
+    cfg = load(ProjectConfig, profile, overrides)
+    ws = Workspace.from_env()
+
+    data = data_flow(**common)
+    md5 = data["dataset_md5"]
+    check_dataset_version(dataset_md5, md5)
+    tok = tokenizer_flow(**common, dataset_md5=md5)
+    shards = {"shards_dir": tok["shards_dir"], "tokenizer_dir": tok["tokenizer_dir"], "dataset_md5": md5}
+    ladder = ladder_flow(**common, **shards)
+    pre = pretrain_flow(**common, **shards)
+    ladder_artifact = store(ws).lookup("ladder", ladder["ladder_version"])
+    scaling = target_gate(ws, ladder_artifact, cfg.ladder, pre["final_val_loss"])
+    if scaling["status"] == "failed":
+        raise GateStopped("stopped before alignment by the scaling-law gate: " + "; ".join(scaling["reasons"]))
+    base = evaluate_flow(
+        **common, model_dir=pre["model_dir"], training_run_id=pre["mlflow_run_id"], dataset_md5=md5,
+        lineage={"ladder_run": ladder["mlflow_run_id"], "prediction": f"{ladder['prediction']['loss']:.4f}"},
+        scaling_gate={"passed": scaling["status"] != "failed", "reasons": scaling["reasons"],
+                      "prediction": ladder["prediction"], "override": scaling["override_reason"] or None},
+    )
+    aligned = align_flow(**common, base_model_dir=pre["model_dir"], dataset_md5=md5)
+    registry = aligned["registry"] or {}
+    summary = {
+        "dataset version (DVC md5)": md5,
+        "documents kept / quarantined": f"{data['counts']['kept']} / {sum(data['counts']['quarantined'].values())}",
+        "tokenizer": f"{tok['chosen']} ({tok['rule']})",
+        "ladder fit": ", ".join(f"{k}={v:.4g}" for k, v in ladder["fit"].items()),
+        "ladder self-check error (top rung)": f"{ladder['self_check_rel_error']:+.2%}",
+        "target prediction": f"{ladder['prediction']['loss']:.4f} [{ladder['prediction']['low']:.4f}, {ladder['prediction']['high']:.4f}]",
+        "target actual": f"{pre['final_val_loss']:.4f}",
+        "scaling gate": f"{scaling['status']} ({scaling['rel_error']:+.2%})",
+        "base model gate": f"{base['decision']}: {base['registered_model']} v{base['version']} @{base['alias']}",
+        "alignment": f"reward margin {aligned['reward_margin']:+.4f}, within tax bound: {aligned['passed_tax_bound']}",
+        "aligned model gate": f"{registry.get('decision')}: {registry.get('registered_model')} v{registry.get('version')} @{registry.get('alias')}",
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    publish_summary(summary)
+    return summary

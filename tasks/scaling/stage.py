@@ -1,0 +1,205 @@
+"""The ladder stage: train the rungs, fit the law, predict the target, and gate the target run.
+
+The ladder's artifact (stage ``ladder``) holds ``points.json``, ``fit.json`` (fit, intervals,
+self-check, prediction, compute-optimal answers), ``summary.md`` and the two plots. Each rung
+is a ``pretrain`` artifact of its own, so a rerun retrains nothing that is unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from ladder.artifacts import Artifact, StageOutput
+from ladder.config import Section
+from ladder.workspace import Workspace
+from tasks.scaling.analysis import fit_scaling_law
+from tasks.scaling.fit import Prediction, ScalingFit, compute_optimal, gate, predict
+from tasks.scaling.ladder import LadderConfig, Point, plan, rung_points, target
+from tasks.scaling.plots import plot_loss_vs_compute, plot_predicted_vs_actual, summary_markdown, write_png
+from tasks.tokenizer.shards import PackedShards
+from tasks.train.config import TrainConfig
+from tasks.train.stage import PretrainInputs, pretrain, store
+
+log = logging.getLogger(__name__)
+
+STAGE = "ladder"
+POINTS, FIT, SUMMARY = "points.json", "fit.json", "summary.md"
+LOSS_VS_COMPUTE, PREDICTED_VS_ACTUAL = "loss_vs_compute.png", "predicted_vs_actual.png"
+
+
+class LadderStageConfig(Section):
+    """What versions the ladder artifact: the ladder's own config and the training config it resizes."""
+
+    ladder: LadderConfig
+    train: TrainConfig
+
+
+def train_rungs(
+    ws: Workspace, ladder: LadderConfig, train: TrainConfig, inputs: PretrainInputs, parent_run_id: str | None
+) -> list[tuple[TrainConfig, Artifact]]:
+    """Train every rung (``ladder.parallel`` side by side); each is a child run of the ladder's run."""
+    configs = plan(ladder, train, PackedShards(inputs.train_shards))
+    done: list[tuple[TrainConfig, Artifact]] = []
+    for start in range(0, len(configs), ladder.parallel):
+        wave = configs[start : start + ladder.parallel]
+        futures = [pretrain.submit(ws, cfg, inputs, parent_run_id=parent_run_id) for cfg in wave]
+        done += [(cfg, future.result()[0]) for cfg, future in zip(wave, futures)]
+    return done
+
+
+def collect_points(ladder: LadderConfig, rungs: list[tuple[TrainConfig, Artifact]], seq_len: int) -> list[Point]:
+    points: list[Point] = []
+    for index, (cfg, artifact) in enumerate(rungs):
+        min_tokens = ladder.min_tokens_fraction * cfg.total_steps(seq_len) * cfg.global_batch_size * seq_len
+        points += rung_points(index, cfg, artifact.file("metrics.jsonl"), seq_len, min_tokens)
+    return points
+
+
+def build_ladder(out: Path, cfg: LadderStageConfig, points: list[Point], target_nd: tuple[float, float]) -> StageOutput:
+    """Fit the points, predict the target, answer the compute-optimal questions, draw and summarise."""
+    n = np.array([p.n_params for p in points])
+    d = np.array([p.n_tokens for p in points])
+    loss = np.array([p.loss for p in points])
+    result = fit_scaling_law.fn(n, d, loss, cfg.ladder.fit)
+    prediction = predict(result.fit, *target_nd, result.intervals)
+    budgets = compute_optimal(result.fit, np.array(cfg.ladder.compute_budgets))
+    optimal = [
+        {"flops": float(c), "n_params": float(np_), "n_tokens": float(nd), "loss": float(lo)}
+        for c, np_, nd, lo in zip(cfg.ladder.compute_budgets, budgets.n_params, budgets.n_tokens, budgets.loss)
+    ]
+    (out / POINTS).write_text(json.dumps([p.__dict__ for p in points], indent=2))
+    (out / FIT).write_text(
+        json.dumps({**result.to_dict(), "prediction": prediction.to_dict(), "compute_optimal": optimal}, indent=2, default=float)
+    )
+    write_png(plot_loss_vs_compute(n, d, loss, result.fit, target=prediction), out / LOSS_VS_COMPUTE)
+    write_png(plot_predicted_vs_actual(n, d, loss, result.fit, target=prediction), out / PREDICTED_VS_ACTUAL)
+    optimal_md = "\n".join(
+        f"| {o['flops']:.1e} | {o['n_params']:.3g} | {o['n_tokens']:.3g} | {o['loss']:.4f} |" for o in optimal
+    )
+    (out / SUMMARY).write_text(
+        summary_markdown(result.fit, result.intervals, result.holdout, prediction)
+        + "\n\n## Compute-optimal allocation\n\n| FLOPs | N | D | expected loss |\n|---|---|---|---|\n"
+        + optimal_md + "\n"
+    )
+    holdout = result.holdout
+    return StageOutput(
+        counts={"rungs": len({p.rung for p in points}), "points": len(points)},
+        metrics={
+            "E": result.fit.E, "A": result.fit.A, "B": result.fit.B, "alpha": result.fit.alpha, "beta": result.fit.beta,
+            "r2_log_loss": result.fit.r2_log_loss, "holdout_rel_error": holdout.rel_error,
+            "holdout_mean_abs_rel_error": holdout.mean_abs_rel_error,
+            "predicted_loss": prediction.loss, "predicted_low": prediction.low, "predicted_high": prediction.high,
+        },
+    )
+
+
+@task(name="ladder", cache_policy=NO_CACHE)
+def run_ladder(ws: Workspace, ladder: LadderConfig, train: TrainConfig, inputs: PretrainInputs) -> tuple[Artifact, bool]:
+    """The ladder artifact for these inputs: rungs trained (or found), law fitted, target predicted."""
+    from ladder.tracking import stage_run
+
+    cfg = LadderStageConfig(ladder=ladder, train=train)
+    shards = PackedShards(inputs.train_shards)
+    artifacts = store(ws)
+
+    def build(out: Path) -> StageOutput:
+        with stage_run(ws, STAGE, cfg, tags={f"ladder.input.{k}": v for k, v in inputs.versions.items()}) as run:
+            rungs = train_rungs(ws, ladder, train, inputs, run.info.run_id)
+            output = build_ladder(out, cfg, collect_points(ladder, rungs, shards.seq_len), target(train, shards))
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in output.metrics.items()})
+            mlflow.log_artifacts(str(out), artifact_path="ladder")
+            (out / "mlflow_run_id").write_text(run.info.run_id)
+        return output
+
+    return artifacts.run_stage(STAGE, cfg, inputs.versions, build)
+
+
+def _png_markdown(path: Path) -> str:
+    """A PNG inlined in markdown: Prefect's image artifacts take a URL, and these live on local disk."""
+    return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+@task(name="publish-ladder-report", cache_policy=NO_CACHE)
+def publish_ladder(artifact: Artifact) -> dict[str, Any]:
+    """Prefect artifacts of the fit and prediction (logged before the target run starts)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        key="ladder-summary",
+        markdown=artifact.file(SUMMARY).read_text()
+        + "\n\n" + _png_markdown(artifact.file(LOSS_VS_COMPUTE))
+        + "\n\n" + _png_markdown(artifact.file(PREDICTED_VS_ACTUAL)),
+        description="Scaling-law fit of the ladder, its self-check and the target's prediction.",
+    )
+    fit = json.loads(artifact.file(FIT).read_text())
+    return {
+        "ladder_version": artifact.version,
+        "fit": {k: fit["fit"][k] for k in ("E", "A", "B", "alpha", "beta")},
+        "self_check_rel_error": fit["holdout"]["rel_error"],
+        "prediction": fit["prediction"],
+        "compute_optimal": fit["compute_optimal"],
+        "mlflow_run_id": artifact.file("mlflow_run_id").read_text(),
+    }
+
+
+def stored_fit(ladder_artifact: Artifact) -> tuple[ScalingFit, Prediction, list[Point]]:
+    """The fit, prediction and points a ladder artifact recorded."""
+    stored = json.loads(ladder_artifact.file(FIT).read_text())
+    fit_values = dict(stored["fit"])
+    logs = {name: float(np.log(fit_values.pop(key))) for name, key in (("a", "A"), ("b", "B"), ("e", "E"))}
+    fit = ScalingFit(**logs, **fit_values)
+    prediction = Prediction(**stored["prediction"])
+    points = [Point(**p) for p in json.loads(ladder_artifact.file(POINTS).read_text())]
+    return fit, prediction, points
+
+
+@task(name="scaling-gate", cache_policy=NO_CACHE)
+def target_gate(ws: Workspace, ladder_artifact: Artifact, ladder: LadderConfig, actual_loss: float) -> dict[str, Any]:
+    """Hold the target run to its prediction; the decision, reasons, plot and any override are recorded."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+    from prefect.artifacts import create_markdown_artifact
+
+    from ladder.tracking import experiment_id
+
+    fit, prediction, points = stored_fit(ladder_artifact)
+    decision = gate(prediction, actual_loss, ladder.fit.gate_rel_tolerance)
+    overridden = not decision.passed and ladder.override_gate
+    status = "passed" if decision.passed else ("overridden" if overridden else "failed")
+    result = {**decision.to_dict(), "status": status, "actual": actual_loss, "predicted": prediction.loss,
+              "low": prediction.low, "high": prediction.high,
+              "override_reason": ladder.override_reason if overridden else ""}
+    experiment_id(ws)
+    client = MlflowClient()
+    run_id = ladder_artifact.file("mlflow_run_id").read_text()
+    client.log_metric(run_id, "target_actual_loss", actual_loss)
+    client.log_metric(run_id, "target_rel_error", decision.rel_error)
+    client.set_tag(run_id, "ladder.gate.scaling", status)
+    client.set_tag(run_id, "ladder.gate.scaling.reasons", "; ".join(decision.reasons))
+    if overridden:
+        client.set_tag(run_id, "ladder.gate.scaling.override_reason", ladder.override_reason)
+    figure = plot_predicted_vs_actual(
+        [p.n_params for p in points], [p.n_tokens for p in points], [p.loss for p in points], fit,
+        target=prediction, actual=actual_loss,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        png = write_png(figure, Path(tmp) / "target_predicted_vs_actual.png")
+        client.log_artifact(run_id, str(png), artifact_path="ladder")
+        create_markdown_artifact(
+            key="scaling-gate",
+            markdown=f"# Scaling-law gate: {status}\n\n" + "\n".join(f"- {r}" for r in decision.reasons)
+            + (f"\n- overridden: {ladder.override_reason}" if overridden else "") + "\n\n" + _png_markdown(png),
+            description="The target run against the ladder's prediction.",
+        )
+    return result

@@ -1,0 +1,94 @@
+"""The ladder's plan, its points, and the gate on the target run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ladder.artifacts import ArtifactStore, StageOutput
+from ladder.config import build
+from ladder.tracking import stage_run
+from tasks.scaling.ladder import LadderConfig, Point, rung_config, rung_points
+from tasks.scaling.stage import LadderStageConfig, build_ladder, stored_fit, target_gate
+from tasks.train.config import TrainConfig
+
+
+@pytest.mark.parametrize(
+    ("rungs", "message"),
+    [([1e4, 2e4, 4e4], "at least 4"), ([1e4, 1.5e4, 2e4, 3e4], "8x"), ([1e4, 1.1e4, 4e4, 8e4], "geometric")],
+)
+def test_ladder_shape_is_checked(rungs, message):
+    with pytest.raises(ValueError, match=message):
+        build(LadderConfig, {"rungs": rungs})
+
+
+def test_an_override_needs_a_reason():
+    with pytest.raises(ValueError, match="override_reason"):
+        build(LadderConfig, {"override_gate": True})
+
+
+def test_a_rung_is_the_target_config_resized_and_evaluated_along_the_way():
+    ladder = LadderConfig(evals_per_rung=5)
+    train = TrainConfig(global_batch_size=8, micro_batch_size=8)
+    rung = rung_config(ladder, train, 2e4, seq_len=100)
+    assert rung.target_params == 2e4
+    assert rung.max_tokens == int(ladder.budget * 20 * 2e4)
+    steps = rung.total_steps(100)
+    assert steps == -(-rung.max_tokens // 800)
+    assert rung.eval.every_steps == steps // 5 and rung.faults == []
+    assert rung.optimizer == train.optimizer  # only size, budget and cadence change
+
+
+def test_points_come_from_the_last_evaluation_of_each_step(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    rows = [
+        {"step": 10, "val_loss": 5.0}, {"step": 20, "val_loss": 4.0}, {"step": 20, "loss": 3.9},
+        {"step": 30, "val_loss": 9.0}, {"rollback": True, "step": 20}, {"step": 30, "val_loss": 3.5},
+    ]
+    metrics.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = TrainConfig(global_batch_size=2, micro_batch_size=2)
+    points = rung_points(0, cfg, metrics, seq_len=10, min_tokens=300)
+    assert [(p.n_tokens, p.loss) for p in points] == [(400.0, 4.0), (600.0, 3.5)]
+
+
+def _law_points() -> list[Point]:
+    law = lambda n, d: 1.7 + 400 / n**0.34 + 410 / d**0.28  # noqa: E731 - Chinchilla's published law
+    rng = np.random.default_rng(0)
+    return [
+        Point(rung, n, d, law(n, d) * (1 + 0.002 * rng.standard_normal()))
+        for rung, n in enumerate([1e7, 2e7, 4e7, 8e7, 1.6e8])
+        for d in np.geomspace(2e8, 4e9, 8)
+    ]
+
+
+def test_target_gate_fails_a_run_that_misses_its_prediction(workspace, prefect_harness):
+    cfg = LadderStageConfig(ladder=LadderConfig(), train=TrainConfig())
+    store = ArtifactStore(workspace.artifacts)
+
+    def build_it(out: Path) -> StageOutput:
+        with stage_run(workspace, "ladder", cfg) as run:
+            output = build_ladder(out, cfg, _law_points(), (3.2e8, 4e9))
+            (out / "mlflow_run_id").write_text(run.info.run_id)
+        return output
+
+    artifact, _ = store.run_stage("ladder", cfg, {"shards": "synthetic"}, build_it)
+    assert abs(artifact.metrics["holdout_rel_error"]) < 0.01
+    _, prediction, _ = stored_fit(artifact)
+    assert prediction.low <= 1.7 + 400 / 3.2e8**0.34 + 410 / 4e9**0.28 <= prediction.high
+
+    on_target = target_gate.fn(workspace, artifact, cfg.ladder, prediction.loss)
+    missed = target_gate.fn(workspace, artifact, cfg.ladder, prediction.loss * 1.2)
+    assert on_target["status"] == "passed"
+    assert missed["status"] == "failed" and "beyond the tolerance" in missed["reasons"][1]
+    forgiven = LadderConfig(override_gate=True, override_reason="known tokenizer change")
+    overridden = target_gate.fn(workspace, artifact, forgiven, prediction.loss * 1.2)
+    assert overridden["status"] == "overridden" and overridden["override_reason"] == "known tokenizer change"
+
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient().get_run(artifact.file("mlflow_run_id").read_text()).data.tags
+    assert tags["ladder.gate.scaling"] == "overridden"
+    assert tags["ladder.gate.scaling.override_reason"] == "known tokenizer change"
