@@ -34,10 +34,9 @@ import argparse
 import random
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
+from timing import best_time  # bench/ is on sys.path when a benchmark runs as a script
 from tasks.data import minhash
 from tasks.data.config import DataConfig, InputConfig, NormalizeConfig
 from tasks.data.corpus import InputFile, example_inputs, fetch_example_corpus
@@ -47,7 +46,6 @@ from tasks.data.document import Document
 from tasks.data.ingest import ingest
 from tasks.data.normalize import normalize
 
-T = TypeVar("T")
 BUCKETS = [(0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.01)]
 
 
@@ -87,16 +85,6 @@ def ours_near_duplicates(docs: list[Document], cfg: DedupConfig) -> dict[str, st
     """``{dropped id: kept id}`` from our MinHash LSH alone (exact and repetition filters off)."""
     near_only = cfg.model_copy(update={"exact": False, "repetition": False})
     return {d.doc.id: d.duplicate_of for d in deduplicate(docs, near_only).dropped if d.reason == NEAR_DUPLICATE}
-
-
-def best_time(fn: Callable[..., T], *args: object, repeat: int = 2) -> tuple[float, T]:
-    """The least CPU seconds of ``repeat`` calls of ``fn(*args)``, and its (last) result."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.process_time()
-        result = fn(*args)
-        best = min(best, time.process_time() - start)
-    return best, result
 
 
 def mutate(text: str, rate: float, vocabulary: list[str], rng: random.Random) -> str:

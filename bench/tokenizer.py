@@ -38,10 +38,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
+from timing import best_time  # bench/ is on sys.path when a benchmark runs as a script
 from tasks.data.config import InputConfig, NormalizeConfig
 from tasks.data.corpus import example_inputs, fetch_example_corpus
 from tasks.data.document import Document, iter_split
@@ -53,19 +53,8 @@ from tasks.tokenizer.pack import pack_split
 from tasks.tokenizer.shards import PackedShards
 from tasks.tokenizer.train import load_encoder, sample_rate, train_candidate, training_texts
 
-T = TypeVar("T")
 BATCH_SIZE = 8
 LOADER_BATCHES = 200
-
-
-def best_time(fn: Callable[..., T], *args: object, repeat: int = 2) -> tuple[float, T]:
-    """The least CPU seconds of ``repeat`` calls of ``fn(*args)``, and its (last) result."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.process_time()
-        result = fn(*args)
-        best = min(best, time.process_time() - start)
-    return best, result
 
 
 def write_curated(docs: list[Document], data_dir: Path) -> None:

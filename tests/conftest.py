@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,13 +28,13 @@ def _run(cmd: list[str], cwd: Path) -> None:
     subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Iterator[Workspace]:
-    """A fresh workspace root: a git repository with DVC and a local default remote, stores configured.
+@contextmanager
+def _isolated_workspace(root: Path) -> Iterator[Workspace]:
+    """A fresh workspace at ``root``: a git repository with DVC and a local default remote, stores configured.
 
     ``LADDER_ROOT`` points at it; every environment variable is restored afterwards.
     """
-    ws = Workspace(tmp_path / "ws")
+    ws = Workspace(root)
     ws.root.mkdir()
     _run(["git", "init", "-q"], ws.root)
     _run(["git", "config", "user.email", "test@ladder.invalid"], ws.root)
@@ -56,6 +57,20 @@ def workspace(tmp_path: Path) -> Iterator[Workspace]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Iterator[Workspace]:
+    """A fresh workspace for one test (see ``_isolated_workspace``)."""
+    with _isolated_workspace(tmp_path / "ws") as ws:
+        yield ws
+
+
+@pytest.fixture(scope="module")
+def module_workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    """One fresh workspace shared by a module's tests, for runs too slow to repeat per test (the pipeline's)."""
+    with _isolated_workspace(tmp_path_factory.mktemp("module") / "ws") as ws:
+        yield ws
 
 
 @pytest.fixture(scope="session")

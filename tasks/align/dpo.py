@@ -11,9 +11,6 @@ preferences gives the chosen response of a pair it never trained on the higher o
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +19,11 @@ from prefect.cache_policies import NO_CACHE
 
 from ladder.artifacts import ArtifactStore, StageOutput
 from ladder.workspace import Workspace
-from tasks.align.checkpoints import MODEL_DIR, ModelRef, load_model, save_model
+from tasks.align.checkpoints import ModelRef, load_model
 from tasks.align.config import DPOSettings
 from tasks.align.generate import response_logps
 from tasks.align.preferences import Pair, PreferenceSet
-from tasks.align.training import LOG_HISTORY, lora_config, losses, quiet, trainer_arguments
+from tasks.align.training import lora_config, quiet, train_and_save, trainer_arguments
 
 STAGE = "dpo"
 
@@ -64,13 +61,7 @@ def run_dpo(policy_dir: Path, pairs: list[Pair], cfg: DPOSettings, out: Path) ->
         model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(preference_rows(pairs)),
         processing_class=tokenizer, peft_config=peft,
     ))
-    started = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - started
-    save_model(trainer.model, tokenizer, out / MODEL_DIR)
-    shutil.rmtree(out / "trainer", ignore_errors=True)
-    history = losses(trainer.state.log_history)
-    (out / LOG_HISTORY).write_text(json.dumps(history, indent=1))
+    result, seconds, history = train_and_save(trainer, tokenizer, out)
     last = history[-1] if history else {}
     metrics = {
         "train_loss": float(result.training_loss),

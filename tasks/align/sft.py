@@ -10,9 +10,6 @@ optimizer, schedule, LoRA, DeepSpeed and loss are TRL's.
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from ladder.artifacts import ArtifactStore, StageOutput
 from ladder.workspace import Workspace
 from models.llama import IGNORE_INDEX
-from tasks.align.checkpoints import MODEL_DIR, ModelRef, load_model, save_model
+from tasks.align.checkpoints import ModelRef, load_model
 from tasks.align.config import SFTSettings
 from tasks.align.encode import PackedCollator, encode, pack, pad_id
 from tasks.align.instructions import InstructionSet, Item
-from tasks.align.training import LOG_HISTORY, lora_config, losses, quiet, trainer_arguments
+from tasks.align.training import lora_config, quiet, train_and_save, trainer_arguments
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -65,13 +62,7 @@ def run_sft(base_dir: Path, items: list[Item], cfg: SFTSettings, out: Path) -> S
             f"every one of {len(items)} instruction items is longer than align.sft.max_length={cfg.max_length} tokens: raise it"
         )
     trainer = sft_trainer(model, tokenizer, rows, cfg, out / "trainer")
-    started = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - started
-    save_model(trainer.model, tokenizer, out / MODEL_DIR)
-    shutil.rmtree(out / "trainer", ignore_errors=True)
-    history = losses(trainer.state.log_history)
-    (out / LOG_HISTORY).write_text(json.dumps(history, indent=1))
+    result, seconds, history = train_and_save(trainer, tokenizer, out)
     tokens = sum(len(row["input_ids"]) for row in rows)
     counts = {
         "items": len(items),

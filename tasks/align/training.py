@@ -94,3 +94,23 @@ def quiet(trainer: Trainer) -> Trainer:
 
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def train_and_save(trainer: Trainer, tokenizer: Any, out: Path) -> tuple[Any, float, list[dict[str, float]]]:
+    """Train, save the model to ``out/model`` and the loss log beside it; drop the trainer's scratch files.
+
+    Returns the trainer's result, the training seconds and the per-step loss records.
+    """
+    import shutil
+    import time
+
+    from tasks.align.checkpoints import MODEL_DIR, save_model
+
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    save_model(trainer.model, tokenizer, out / MODEL_DIR)
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    history = losses(trainer.state.log_history)
+    (out / LOG_HISTORY).write_text(json.dumps(history, indent=1))
+    return result, seconds, history

@@ -29,7 +29,8 @@ from ladder.cli import app
 from ladder.runtime import configure
 from ladder.tracking import stage_run
 from ladder.workspace import Workspace
-from models.llama import ModelConfig, build_model
+from models.llama import ModelConfig
+from tests.tiny_lm import save_tiny_lm
 from tasks.data.document import iter_split
 from tasks.data.version import dvc_md5, run_dvc
 from tasks.evals import registry
@@ -70,28 +71,7 @@ class Stack:
 
 def _save_model(out: Path, tokenizer_dir: Path, data_dir: Path, steps: int) -> Path:
     """A tiny Llama trained for ``steps`` steps on the train split, saved with its tokenizer."""
-    import torch
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = build_model(MODEL, seed=0, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
-    if steps:
-        text = "".join(doc.text + tokenizer.eos_token for doc in iter_split(data_dir, "train"))
-        ids = torch.tensor(tokenizer(text)["input_ids"])
-        generator = torch.Generator().manual_seed(0)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        model.train()
-        for _ in range(steps):
-            starts = torch.randint(0, len(ids) - 65, (16,), generator=generator)
-            batch = torch.stack([ids[s : s + 64] for s in starts])
-            model(input_ids=batch, labels=batch).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        model.eval()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_lm(MODEL, tokenizer_dir, data_dir, out, steps)
 
 
 @pytest.fixture(scope="module")

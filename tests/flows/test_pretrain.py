@@ -23,6 +23,8 @@ from train_fixtures import BOUNDARY, VOCAB, write_shards, write_tokenizer  # noq
 
 MD5 = "0123456789abcdef0123456789abcdef.dir"
 OVERRIDES = [
+    # The tiny profile's target (size and token budget) gives way to this small, fixed run.
+    "train.target_params=null", "train.max_tokens=null",
     "train.model.d_model=64", "train.model.n_heads=2", "train.model.n_kv_heads=2", "train.model.intermediate_size=128",
     "train.model.max_seq_len=64", "train.global_batch_size=8", "train.micro_batch_size=8", "train.max_steps=60",
     "train.precision=fp32", "train.log_every=5", "train.checkpoint.every_steps=10", "train.schedule.warmup_steps=10",

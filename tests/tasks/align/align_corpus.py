@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from models.llama import ModelConfig, build_model
+from models.llama import ModelConfig
 from tasks.data.document import Document, iter_split
 from tasks.tokenizer.config import TokenizerTrainingConfig
 from tasks.tokenizer.hf import save_hf
 from tasks.tokenizer.train import train_candidate
+from tests.tiny_lm import save_tiny_lm
 
 COMMON = "the and of to in with my thy our all".split()
 SOURCES = {
@@ -77,27 +78,7 @@ def train_tokenizer(data_dir: Path, out: Path) -> Path:
 
 def pretrain_base(data_dir: Path, tokenizer_dir: Path, out: Path, steps: int = 150) -> Path:
     """A tiny Llama trained for ``steps`` steps of plain next-token prediction on the train split, saved with its tokenizer."""
-    import torch
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = build_model(MODEL, seed=0, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
-    text = "".join(doc.text + tokenizer.eos_token for doc in iter_split(data_dir, "train"))
-    ids = torch.tensor(tokenizer(text)["input_ids"])
-    generator = torch.Generator().manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, len(ids) - 65, (16,), generator=generator)
-        batch = torch.stack([ids[s : s + 64] for s in starts])
-        model(input_ids=batch, labels=batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_lm(MODEL, tokenizer_dir, data_dir, out, steps)
 
 
 @contextmanager
