@@ -87,6 +87,17 @@ def ensure_work_pool(name: str = LOCAL_POOL, template: Path = LOCAL_POOL_TEMPLAT
             return True
 
 
+def _entrypoint_file(entrypoint: str) -> Path:
+    """The source file of a ``package.module:flow`` entrypoint.
+
+    Entrypoints are module paths, not file paths: Prefect puts a flow file's directory first on
+    sys.path when it loads one by path, and there ``flows/ladder.py`` would shadow the ``ladder``
+    package (and ``flows/evaluate.py`` the ``evaluate`` library) in every process spawned later.
+    """
+    module = entrypoint.split(":")[0]
+    return CODE_ROOT / (module.replace(".", "/") + ".py")
+
+
 def register(ws: Workspace, names: list[str] | None = None, prefect_file: Path = PREFECT_FILE) -> list[str]:
     """Register the deployments of ``prefect_file`` with the running Prefect server.
 
@@ -97,7 +108,7 @@ def register(ws: Workspace, names: list[str] | None = None, prefect_file: Path =
     specs = deployment_specs(names, prefect_file)
     api_url = prefect_api_url()
     ensure_work_pool()
-    missing = [s["entrypoint"] for s in specs if not (CODE_ROOT / s["entrypoint"].split(":")[0]).exists()]
+    missing = [s["entrypoint"] for s in specs if not _entrypoint_file(s["entrypoint"]).exists()]
     if missing:
         raise ValueError(
             f"deployment entrypoints not found under {CODE_ROOT}: {missing}; deploy the others with --name"
@@ -134,8 +145,7 @@ def runner_deployments(names: list[str] | None = None, prefect_file: Path = PREF
         schedules = spec.get("schedules") or []
         if any("cron" not in s for s in schedules):
             raise ValueError(f"deployment {spec['name']}: serve supports cron schedules only, got {schedules}")
-        path, func = spec["entrypoint"].split(":")
-        flow = load_flow_from_entrypoint(f"{CODE_ROOT / path}:{func}")
+        flow = load_flow_from_entrypoint(spec["entrypoint"])
         deployments.append(
             flow.to_deployment(
                 name=spec["name"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -61,12 +62,15 @@ def tokenize_documents(
             yield doc_record(doc), encoder.encode(doc.text).ids
         return
     window = num_workers * WINDOW_PER_WORKER
-    # spawn, not fork: the parent may hold Prefect's and MLflow's threads and locks.
+    # spawn, not fork: the parent may hold Prefect's and MLflow's threads and locks. An executor,
+    # not a Pool: a worker that cannot start raises BrokenProcessPool here instead of being
+    # respawned forever.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(num_workers, initializer=_init_worker, initargs=(str(tokenizer_file),)) as pool:
+    with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker,
+                             initargs=(str(tokenizer_file),)) as pool:
         chunks = _chunks(docs, chunk_docs)
         while batch := list(islice(chunks, window)):
-            encoded = pool.map(_encode_chunk, [[doc.text for doc in chunk] for chunk in batch])
+            encoded = list(pool.map(_encode_chunk, [[doc.text for doc in chunk] for chunk in batch]))
             for chunk, chunk_ids in zip(batch, encoded, strict=True):
                 for doc, ids in zip(chunk, chunk_ids, strict=True):
                     yield doc_record(doc), ids

@@ -34,7 +34,7 @@ def test_the_pipeline_runs_nightly_and_on_each_new_dataset_version():
     from pydantic import TypeAdapter
 
     (pipeline,) = deployment_specs(["ladder-pipeline"])
-    assert pipeline["entrypoint"] == "flows/pipeline.py:pipeline_flow"
+    assert pipeline["entrypoint"] == "flows.pipeline:pipeline_flow"
     assert [s["cron"] for s in pipeline["schedules"]] == ["0 2 * * *"]
     (trigger,) = [TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in pipeline["triggers"]]
     assert trigger.expect == {DATA_EVENT}

@@ -10,10 +10,8 @@ import mlflow
 import pytest
 
 from eval_corpus import write_curated
-from tasks.evals.config import SuiteConfig
 
 SIZES = {"train": 120, "validation": 24, "test": 24}
-SMALL = SuiteConfig(items_per_task=16, fewshot_pool=6, ppl_docs_per_source=4, num_fewshot=2)
 
 
 @pytest.fixture

@@ -6,6 +6,10 @@ import random
 from pathlib import Path
 
 from tasks.data.document import Document
+from tasks.evals.config import SuiteConfig
+
+# A suite sized to build in a second.
+SMALL = SuiteConfig(items_per_task=16, fewshot_pool=6, ppl_docs_per_source=4, num_fewshot=2)
 
 WORDS = (
     "the king queen lord lady night day love death sword crown heaven earth sweet gentle noble "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import SMALL
+from eval_corpus import SMALL
 from eval_corpus import append_train_document
 from tasks.data.document import Document, iter_split
 from tasks.evals.contamination import build_index, overlaps, train_index

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SMALL
+from eval_corpus import SMALL
 from tasks.data.document import iter_split
 from tasks.evals.config import GatePolicy, SuiteConfig
 from tasks.evals.gate import check_policy
