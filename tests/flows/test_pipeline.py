@@ -23,6 +23,7 @@ from ladder.workspace import Workspace
 from tasks.data.version import dvc_md5
 from tasks.evals import registry
 from tests.flows.small_pipeline import small_corpus, small_overrides
+from tests.tasks.align.align_corpus import one_thread
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ class Run:
 
 def _run_pipeline(overrides: list[str]) -> Run:
     stages = StageLog()
-    with progress.showing(stages):
+    with one_thread(), progress.showing(stages):
         summary = pipeline_flow(profile="tiny", overrides=overrides)
     return Run(summary, stages)
 
@@ -78,12 +79,14 @@ def again(first: Run, overrides: list[str]) -> Run:
     return _run_pipeline(overrides)
 
 
-def test_first_run_versions_the_data_gates_the_target_and_registers_a_champion(module_workspace: Workspace, first: Run) -> None:
+def test_first_run_versions_the_data_gates_the_target_and_registers_a_champion(
+    module_workspace: Workspace, first: Run, overrides: list[str]
+) -> None:
     summary = first.summary
     assert summary["dataset version (DVC md5)"] == dvc_md5(module_workspace)
     assert summary["dataset version (DVC md5)"].endswith(".dir")
     assert summary["scaling gate"].split()[0] in {"passed", "overridden"}
-    model = load(ProjectConfig, "tiny", []).evals.registered_model
+    model = load(ProjectConfig, "tiny", overrides).evals.registered_model
     assert summary["base model gate"] == f"promoted: {model} v1 @champion"
     # The aligned model's evaluation runs inside the align stage, so it finishes first.
     assert [name for name, _ in first.stages.finished] == [
@@ -97,29 +100,36 @@ def test_first_run_versions_the_data_gates_the_target_and_registers_a_champion(m
     assert base.tags[registry.DECISION_TAG] == registry.PROMOTED
     aligned = summary["aligned model gate"]
     assert aligned.startswith(("promoted", "rejected")) and f"{model} v2 @" in aligned
-    assert client.get_model_version_by_alias(model, registry.CHAMPION).version in {"1", "2"}
+    assert str(client.get_model_version_by_alias(model, registry.CHAMPION).version) in {"1", "2"}
 
 
-def test_unchanged_rerun_finds_every_training_stage_built(module_workspace: Workspace, first: Run, again: Run) -> None:
+def test_unchanged_rerun_finds_every_training_stage_built(
+    module_workspace: Workspace, first: Run, again: Run, overrides: list[str]
+) -> None:
     assert all(again.stages.cached(stage) for stage in CACHED_STAGES)
     assert again.summary["dataset version (DVC md5)"] == first.summary["dataset version (DVC md5)"]
     assert again.summary["target actual"] == first.summary["target actual"]
-    for stage in ("ladder", "pretrain"):
-        # One ladder run, and one training run per rung and for the target: nothing trained twice.
-        assert len(_runs_of(module_workspace, stage)) == (1 if stage == "ladder" else 5)
+    # Nothing trained or fitted twice: one ladder run, one training run per rung and one for the target.
+    rungs = len(load(ProjectConfig, "tiny", overrides).ladder.rungs)
+    assert len(_runs_of(module_workspace, "ladder")) == 1
+    assert len(_runs_of(module_workspace, "pretrain")) == rungs + 1
 
 
 def test_a_target_that_misses_its_prediction_stops_before_alignment(
     module_workspace: Workspace, again: Run, overrides: list[str]
 ) -> None:
     aligned_before = len(_runs_of(module_workspace, "align"))
-    steps = load(ProjectConfig, "tiny", overrides).train.total_steps(seq_len=64)
+    cfg = load(ProjectConfig, "tiny", overrides)
+    last_step = cfg.train.total_steps(cfg.tokenizer.packing.seq_len)
     # A learning rate 1000x too high on the target's last step wrecks it after the spike guard
     # saw its (still good) loss; the rungs train without faults, so only the target misses.
-    strict = [*overrides, "ladder.override_gate=false", f"train.faults=[{{step: {steps}, kind: lr_multiply, factor: 1000}}]"]
+    fault = f"train.faults=[{{step: {last_step}, kind: lr_multiply, factor: 1000}}]"
     stages = StageLog()
-    with progress.showing(stages), pytest.raises(GateStopped, match="stopped before alignment by the scaling-law gate: actual loss"):
-        pipeline_flow(profile="tiny", overrides=strict)
+    stopped = "stopped before alignment by the scaling-law gate: actual loss"
+    with one_thread(), progress.showing(stages), pytest.raises(GateStopped, match=stopped):
+        pipeline_flow(profile="tiny", overrides=[*overrides, "ladder.override_gate=false", fault])
     assert stages.cached("data") and stages.cached("tokenizer")
-    assert "align" not in [name for name, _ in stages.finished]
+    assert [name for name, _ in stages.finished] == ["data", "tokenizer", "ladder", "pretrain"]
     assert len(_runs_of(module_workspace, "align")) == aligned_before
+    # The refitted ladder's run records the decision (runs come newest first).
+    assert _runs_of(module_workspace, "ladder")[0].data.tags["ladder.gate.scaling"] == "failed"

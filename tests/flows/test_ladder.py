@@ -1,0 +1,88 @@
+"""The ladder flow end to end on synthetic packed shards: rungs as child runs, fit, prediction, cache.
+
+Real components throughout: Prefect (test harness), MLflow (SQLite store), training processes
+(two rungs side by side), the scaling-law fit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.ladder import ladder_flow
+from ladder.tracking import experiment_id
+from ladder.workspace import Workspace
+from tasks.scaling.stage import POINTS
+from tasks.train.stage import store
+from tests.tasks.train.train_fixtures import write_shards, write_tokenizer
+
+pytestmark = pytest.mark.slow
+
+MD5 = "0123456789abcdef0123456789abcdef.dir"
+# The profile's four rungs (1e4 to 8e4 non-embedding parameters) on a tenth of their Chinchilla
+# budgets, 8 sequences of 32 tokens a step: 79 to 625 steps a rung.
+OVERRIDES = [
+    "ladder.budget=0.1",
+    "ladder.evals_per_rung=4",
+    "ladder.fit.bootstrap_samples=10",
+    "train.global_batch_size=8",
+    "train.micro_batch_size=8",
+    "train.precision=fp32",
+    "train.max_tokens=320000",
+]
+
+
+def _runs(ws: Workspace, stage: str) -> list:
+    return MlflowClient().search_runs([experiment_id(ws)], filter_string=f"tags.`ladder.stage` = '{stage}'")
+
+
+def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
+    prefect_harness: None, workspace: Workspace, tmp_path: Path
+) -> None:
+    shards = write_shards(tmp_path / "shards")
+    tokenizer_dir = write_tokenizer(tmp_path / "tokenizer")
+    kwargs = {"overrides": OVERRIDES, "shards_dir": str(shards), "tokenizer_dir": str(tokenizer_dir), "dataset_md5": MD5}
+    first = ladder_flow(**kwargs)
+
+    assert not first["cached"]
+    assert set(first["fit"]) == {"E", "A", "B", "alpha", "beta"}
+    assert all(math.isfinite(value) for value in first["fit"].values())
+    assert math.isfinite(first["self_check_rel_error"])
+    prediction = first["prediction"]
+    assert 0 < prediction["low"] <= prediction["loss"] <= prediction["high"]
+    assert [row["flops"] for row in first["compute_optimal"]] == [1e15, 1e17, 1e19]
+
+    # The artifact's points: several evaluations of each of the four rungs, smallest model first.
+    artifact = store(workspace).lookup("ladder", first["ladder_version"])
+    points = json.loads(artifact.file(POINTS).read_text())
+    per_rung = Counter(p["rung"] for p in points)
+    assert sorted(per_rung) == [0, 1, 2, 3] and min(per_rung.values()) >= 3
+    sizes = [max(p["n_params"] for p in points if p["rung"] == rung) for rung in sorted(per_rung)]
+    assert sizes == sorted(sizes) and sizes[-1] / sizes[0] >= 7
+
+    # MLflow: each rung's training run hangs under the ladder's run, which holds the fit.
+    (ladder_run,) = _runs(workspace, "ladder")
+    assert ladder_run.info.run_id == first["mlflow_run_id"]
+    assert ladder_run.data.tags["ladder.input.dataset"] == MD5
+    assert ladder_run.data.metrics["predicted_loss"] == pytest.approx(prediction["loss"])
+    rungs = _runs(workspace, "pretrain")
+    assert len(rungs) == 4
+    assert {run.data.tags["mlflow.parentRunId"] for run in rungs} == {ladder_run.info.run_id}
+
+    # Prefect: the fit and its plots are a markdown artifact.
+    with get_client(sync_client=True) as client:
+        reports = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ladder-summary"])))
+    assert reports and "data:image/png;base64," in reports[0].data
+
+    # An unchanged rerun is a cache hit: nothing trained or fitted again.
+    again = ladder_flow(**kwargs)
+    assert again["cached"] and again["ladder_version"] == first["ladder_version"]
+    assert again["prediction"] == prediction
+    assert (len(_runs(workspace, "ladder")), len(_runs(workspace, "pretrain"))) == (1, 4)
