@@ -22,7 +22,7 @@ from tasks.align.sft import train_sft
 from tasks.evals.gate import check_policy
 from tasks.evals.runner import table_rows
 from tasks.evals.suite import build_suite
-from tasks.tokenizer.stage import dataset_version
+from tasks.data.version import dataset_version
 
 
 @flow(name="align")

@@ -15,7 +15,7 @@ from tasks.evals.gate import check_policy, gate
 from tasks.evals.runner import evaluate_checkpoint, table_from_rows, table_rows
 from tasks.evals.stage import collect_lineage, log_evaluation, publish_report, record, register, resolve_candidate, score_champion
 from tasks.evals.suite import build_suite
-from tasks.tokenizer.stage import dataset_version
+from tasks.data.version import dataset_version
 
 
 @flow(name="evaluate")

@@ -11,7 +11,8 @@ from ladder import progress
 from ladder.config import load
 from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
-from tasks.tokenizer.stage import SHARDS_DIR, TOKENIZER_DIR, dataset_version, pack_shards, publish, train_and_select
+from tasks.data.version import dataset_version
+from tasks.tokenizer.stage import SHARDS_DIR, TOKENIZER_DIR, pack_shards, publish, train_and_select
 
 
 @flow(name="tokenizer")

@@ -183,19 +183,6 @@ def task_runner_for(address: str | None) -> TaskRunner:
     return DaskTaskRunner(address=address)
 
 
-def dataset_md5(ws: Workspace) -> str:
-    """The dataset version: ``outs[0].md5`` of the workspace's ``data.dvc``."""
-    if not ws.data_dvc.exists():
-        raise ValueError(f"no {ws.data_dvc}: run `ladder data` (or `dvc add data`) to version the dataset first")
-    try:
-        md5 = (yaml.safe_load(ws.data_dvc.read_text()) or {})["outs"][0]["md5"]
-    except (KeyError, IndexError, TypeError, yaml.YAMLError):
-        raise ValueError(f"{ws.data_dvc} has no outs[0].md5: regenerate it with `dvc add data`") from None
-    if not isinstance(md5, str) or not md5:
-        raise ValueError(f"{ws.data_dvc}: outs[0].md5 is {md5!r}, not an md5: regenerate it with `dvc add data`")
-    return md5
-
-
 def data_event_id(md5: str) -> uuid.UUID:
     """The one event id of a dataset version, the same wherever and whenever it is emitted."""
     return uuid.uuid5(uuid.NAMESPACE_URL, f"{DATA_EVENT}:{md5}")
@@ -241,7 +228,9 @@ def _emit(md5: str, event_id: uuid.UUID) -> None:
 
 def record_data_version(ws: Workspace) -> DataVersion:
     """Emit ``ladder.data.updated`` for the workspace's dataset version unless already emitted."""
-    md5 = dataset_md5(ws)
+    from tasks.data.version import dataset_version
+
+    md5 = dataset_version(ws)
     event_id = data_event_id(md5)
     prefect_api_url()
     ws.state.mkdir(parents=True, exist_ok=True)

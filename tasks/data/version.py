@@ -52,6 +52,16 @@ def dvc_md5(ws: Workspace) -> str | None:
     return outs[0].get("md5")
 
 
+def dataset_version(ws: Workspace) -> str:
+    """The curated dataset's version: the DVC md5 recorded in the workspace's ``data.dvc``."""
+    md5 = dvc_md5(ws)
+    if not md5:
+        raise ValueError(
+            f"no dataset version in {ws.data_dvc}: run `ladder data` first (or `dvc add data`), or pass the dataset md5"
+        )
+    return md5
+
+
 def dvc_remote(ws: Workspace) -> str:
     """URL of the workspace's default DVC remote (local paths resolved as DVC resolves them)."""
     from dvc.config import Config

@@ -20,7 +20,6 @@ from tokenizers import Tokenizer
 from ladder.artifacts import Artifact, ArtifactStore, StageOutput
 from ladder.workspace import Workspace
 from tasks.data.document import SPLITS, iter_split
-from tasks.data.version import dvc_md5
 from tasks.tokenizer.compare import (
     ALL_SOURCES,
     COLUMNS,
@@ -46,14 +45,6 @@ SUMMARY_COLUMNS = [
     "candidate", "vocab_size", "bytes_per_token", "fertility", "rare_token_mass",
     "vocab_utilisation", "round_trip_exact", "train_seconds", "encode_mb_per_s",
 ]
-
-
-def dataset_version(ws: Workspace) -> str:
-    """The curated dataset's version: the DVC md5 recorded in the workspace's ``data.dvc``."""
-    md5 = dvc_md5(ws)
-    if not md5:
-        raise ValueError(f"no dataset version in {ws.data_dvc}: run `ladder data` first, or pass the dataset md5")
-    return md5
 
 
 def evaluate_candidate(

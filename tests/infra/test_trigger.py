@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from ladder import services
-from ladder.deploy import dataset_md5, emitted_versions
+from ladder.deploy import emitted_versions
+from tasks.data.version import dataset_version
 from ladder.workspace import Workspace
 
 PREFECT_PORT = 14201
@@ -44,7 +45,7 @@ def new_data_version(ws: Workspace, text: str) -> str:
     dvc = str(Path(sys.executable).parent / "dvc")
     subprocess.run([dvc, "add", "data"], cwd=ws.root, check=True, capture_output=True,
                    env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    return dataset_md5(ws)
+    return dataset_version(ws)
 
 
 def triggered_runs() -> Counter[str]:

@@ -9,6 +9,7 @@ import yaml
 
 from ladder import deploy
 from ladder.workspace import Workspace
+from tasks.data.version import dataset_version
 
 MD5_A = "0123456789abcdef0123456789abcdef.dir"
 MD5_B = "fedcba9876543210fedcba9876543210.dir"
@@ -22,16 +23,16 @@ def write_dvc(ws, md5: str) -> None:
 def test_dataset_md5_reads_data_dvc(tmp_path):
     ws = Workspace(tmp_path)
     write_dvc(ws, MD5_A)
-    assert deploy.dataset_md5(ws) == MD5_A
+    assert dataset_version(ws) == MD5_A
 
 
 def test_dataset_md5_names_the_fix_when_missing_or_malformed(tmp_path):
     ws = Workspace(tmp_path)
     with pytest.raises(ValueError, match="ladder data"):
-        deploy.dataset_md5(ws)
+        dataset_version(ws)
     ws.data_dvc.write_text("outs: []\n")
     with pytest.raises(ValueError, match="dvc add data"):
-        deploy.dataset_md5(ws)
+        dataset_version(ws)
 
 
 def test_the_event_id_is_a_function_of_the_md5_only():

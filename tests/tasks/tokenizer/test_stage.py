@@ -8,7 +8,8 @@ import pytest
 
 from ladder.workspace import Workspace
 from tasks.tokenizer.config import TokenizerConfig
-from tasks.tokenizer.stage import dataset_version, pack_shards, train_and_select
+from tasks.data.version import dataset_version
+from tasks.tokenizer.stage import pack_shards, train_and_select
 
 from tokenizer_corpus import write_curated
 
