@@ -29,14 +29,22 @@ class InstructionConfig(Section):
         "next_passage (which option comes next, answered by letter), work (which title, by letter; needs meta.title), "
         "author (which source wrote it; needs two or more sources).",
     )
-    items_per_task: int = Field(64, ge=1, description="Training items kept per task family (fewer if the train split runs out).")
+    items_per_task: int = Field(256, ge=1, description="Training items kept per task family (fewer if the train split runs out).")
     heldout_items_per_task: int = Field(
-        16, ge=1, description="Held-out evaluation items per task family, built the same way from the validation split."
+        64, ge=1, description="Held-out evaluation items per task family, built the same way from the validation split."
     )
     items_per_document: int = Field(2, ge=1, description="Candidate items drawn from one document per task, so items spread over passages.")
     context_lines: int = Field(3, ge=1, description="Lines of passage a prompt shows (before the line asked for, or as the passage to attribute).")
     num_choices: int = Field(4, ge=2, description="Options of a multiple-choice item (next_passage, work): the true one and distractors.")
     min_line_words: int = Field(3, ge=1, description="A line asked for (or offered as an option) has at least this many words.")
+    replay_passages: int = Field(
+        512,
+        ge=0,
+        description="Passages of the train split, as plain text in pretraining format, that SFT mixes into its rows with "
+        "loss on every token: replaying pretraining data keeps fine-tuning from unlearning the corpus (the alignment "
+        "tax on perplexity; InstructGPT's pretraining mix). 0 replays none.",
+    )
+    replay_lines: int = Field(8, ge=1, description="Lines per replay passage (SFT cuts it to align.sft.max_length tokens).")
     user_files: list[str] = Field(
         [],
         description="JSONL files of user-supplied training items, one per line: {prompt, response} or chat "
@@ -83,8 +91,9 @@ class TrainerSettings(Section):
 
 
 class SFTSettings(TrainerSettings):
-    """Supervised fine-tuning with TRL's SFTTrainer: loss on the response tokens only."""
+    """Supervised fine-tuning with TRL's SFTTrainer: loss on the response tokens only (and on replay passages)."""
 
+    epochs: float = Field(3.0, gt=0, description="Passes over the training rows.")
     max_length: int = Field(256, ge=8, description="Tokens per training row; a longer item is dropped (counted), never cut.")
     packing: bool = Field(
         True,
@@ -96,7 +105,7 @@ class SFTSettings(TrainerSettings):
 class DPOSettings(TrainerSettings):
     """Direct preference optimisation with TRL's DPOTrainer on pairs of the model's own samples."""
 
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate (linear warmup, then linear decay to 0).")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (linear warmup, then linear decay to 0).")
     epochs: float = Field(3.0, gt=0, description="Passes over the preference pairs.")
     beta: float = Field(0.1, gt=0, description="DPO's beta: the strength of the pull towards the reference model.")
     loss_type: list[str] = Field(
@@ -113,9 +122,11 @@ class DPOSettings(TrainerSettings):
 class SamplingConfig(Section):
     """How preference pairs come from the policy's own samples."""
 
-    prompts: int = Field(96, ge=1, description="Training prompts sampled per DPO iteration (those with a reward function).")
-    samples_per_prompt: int = Field(4, ge=2, description="k responses sampled per prompt; the best and the worst make a pair.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature (no top-k or top-p truncation).")
+    prompts: int = Field(256, ge=1, description="Training prompts sampled per DPO iteration (those with a reward function).")
+    samples_per_prompt: int = Field(8, ge=2, description="k responses sampled per prompt; the best and the worst make a pair.")
+    temperature: float = Field(
+        0.7, gt=0, description="Sampling temperature (no top-k or top-p truncation); at 1.0 a small model's samples are mostly off-format noise."
+    )
     max_new_tokens: int = Field(32, ge=1, description="Longest sampled response in tokens (it usually stops at eos first).")
     min_reward_gap: float = Field(
         0.0, ge=0, lt=1, description="Best and worst rewards this close or closer count as a tie (no pair); 0 skips exact ties only."

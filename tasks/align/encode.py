@@ -1,8 +1,8 @@
 """Instruction items as training rows: response-only labels, packing, and a collator that keeps packed items apart.
 
-An item is encoded as its prompt rendered by the tokenizer's chat template with the
+An instruction item is encoded as its prompt rendered by the tokenizer's chat template with the
 generation prompt (exactly what the model is given at inference) followed by the response's
-tokens and eos. Only the response and eos carry labels: prompt tokens are ``IGNORE_INDEX``.
+tokens and eos. Only the response and eos carry labels: prompt tokens are ``IGNORE_INDEX``. Replay text (pretraining data mixed in) is labelled throughout.
 
 Packing puts several items in one row (best-fit decreasing, deterministic). A row's items
 must not see each other: restarted ``position_ids`` alone do not isolate them in
@@ -61,6 +61,12 @@ def encode(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], r
     no token spans the boundary and the prompt's tokens are those the model sees at inference."""
     prompt, answer = prompt_ids(tokenizer, messages), response_ids(tokenizer, response)
     return Encoded(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer)
+
+
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int) -> Encoded:
+    """Plain text as pretraining saw it: its tokens and eos (the document boundary), every one labelled; cut to ``max_length``."""
+    ids = response_ids(tokenizer, text)[:max_length]
+    return Encoded(ids, list(ids))
 
 
 def pack(encoded: list[Encoded], max_length: int, packing: bool) -> tuple[list[dict[str, Any]], Counter]:

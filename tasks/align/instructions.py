@@ -12,6 +12,9 @@ seeded draw (FLAN's recipe: one task, many phrasings):
 - ``work``: a passage and lettered titles (``meta.title``); the response is the letter;
 - ``author``: a passage and the corpus's sources (shakespeare or milton); the response is the source.
 
+Replay passages (``replay.jsonl``) are plain text of the train split, not instructions: SFT
+trains on them in pretraining format so that it does not unlearn the corpus.
+
 Training items come from the train split and never share a word n-gram with the eval stage's
 held-out splits (its contamination check, run the other way round); held-out items come from
 the validation split and, as the eval stage's items do, never share one with train.
@@ -41,6 +44,8 @@ STAGE = "instructions"
 TRAIN_JSONL = "train.jsonl"
 HELDOUT_JSONL = "heldout.jsonl"
 DROPPED_JSONL = "dropped.jsonl"
+REPLAY_JSONL = "replay.jsonl"
+REPLAY_TASK = "replay"
 HELDOUT_SPLIT = "validation"
 USER_TASK = "user"
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -268,6 +273,18 @@ def author_items(docs: list[Document], cfg: InstructionConfig, labels: Labels, r
     return built
 
 
+def replay_items(docs: list[Document], cfg: InstructionConfig, rng: random.Random) -> list[Item]:
+    """One window of ``replay_lines`` lines per document, as an item with no prompt: the passage is the whole text."""
+    items = []
+    for doc in docs:
+        lines = lines_of(doc.text)
+        start = rng.randrange(max(1, len(lines) - cfg.replay_lines + 1))
+        passage = "\n".join(lines[start : start + cfg.replay_lines])
+        if passage:
+            items.append(Item(f"{REPLAY_TASK}:{doc.id}@{start}", REPLAY_TASK, -1, [], passage, doc.id))
+    return items
+
+
 BUILDERS: dict[str, Callable[[list[Document], InstructionConfig, Labels, random.Random], Built]] = {
     "continue": continue_items,
     "missing_line": missing_line_items,
@@ -405,6 +422,10 @@ def build_instruction_files(
                 "candidates": len(built.items), "kept": len(screened.kept), "unused": screened.unused,
                 "unchecked_short": screened.unchecked_short, "dropped": dict(sorted(built.drops.items())),
             }
+    replay_drops: Counter = Counter()
+    rng = random.Random(f"{cfg.seed}:replay")
+    replay = screen(replay_items(train_docs, cfg, rng), eval_index, rng, cfg.replay_passages, replay_drops, dropped, "replay", False)
+    counts["replay"] = {"kept": len(replay.kept), "unused": replay.unused, "dropped": dict(sorted(replay_drops.items()))}
     user_drops: Counter = Counter()
     user_kept = user_short = 0
     for name in cfg.user_files:
@@ -421,9 +442,11 @@ def build_instruction_files(
         )
     _write(out / TRAIN_JSONL, train)
     _write(out / HELDOUT_JSONL, heldout)
+    _write(out / REPLAY_JSONL, replay.kept)
     (out / DROPPED_JSONL).write_text("".join(json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n" for d in dropped), encoding="utf-8")
     contaminated = sum(1 for d in dropped if d["reason"] == CONTAMINATED)
-    metrics = {"train_items": len(train), "heldout_items": len(heldout), "contaminated_items": contaminated}
+    metrics = {"train_items": len(train), "heldout_items": len(heldout), "replay_passages": len(replay.kept),
+               "contaminated_items": contaminated}
     return StageOutput(counts=counts, metrics=metrics)
 
 
@@ -441,6 +464,11 @@ class InstructionSet:
         """``train`` or ``heldout`` items in their stored order."""
         name = {"train": TRAIN_JSONL, "heldout": HELDOUT_JSONL}[split]
         return [Item.from_json(line) for line in self.artifact.file(name).read_text(encoding="utf-8").splitlines()]
+
+    def replay(self) -> list[str]:
+        """The replay passages' texts, in their stored order."""
+        lines = self.artifact.file(REPLAY_JSONL).read_text(encoding="utf-8").splitlines()
+        return [Item.from_json(line).response for line in lines]
 
 
 @task(name="build-instructions", cache_policy=NO_CACHE)

@@ -21,7 +21,7 @@ from ladder.workspace import Workspace
 from models.llama import IGNORE_INDEX
 from tasks.align.checkpoints import ModelRef, load_model
 from tasks.align.config import SFTSettings
-from tasks.align.encode import PackedCollator, encode, pack, pad_id
+from tasks.align.encode import PackedCollator, encode, encode_text, pack, pad_id
 from tasks.align.instructions import InstructionSet, Item
 from tasks.align.training import lora_config, quiet, train_and_save, trainer_arguments
 
@@ -53,10 +53,12 @@ def sft_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows
     ))
 
 
-def run_sft(base_dir: Path, items: list[Item], cfg: SFTSettings, out: Path) -> StageOutput:
-    """Fine-tune the model in ``base_dir`` on ``items``; write the model to ``out/model`` and the loss log."""
+def run_sft(base_dir: Path, items: list[Item], replay: list[str], cfg: SFTSettings, out: Path) -> StageOutput:
+    """Fine-tune the model in ``base_dir`` on ``items`` and ``replay`` text; write the model to ``out/model`` and the loss log."""
     model, tokenizer = load_model(base_dir)
-    rows, drops = pack([encode(tokenizer, item.messages, item.response) for item in items], cfg.max_length, cfg.packing)
+    encoded = [encode(tokenizer, item.messages, item.response) for item in items]
+    encoded += [encode_text(tokenizer, text, cfg.max_length) for text in replay]
+    rows, drops = pack(encoded, cfg.max_length, cfg.packing)
     if not rows:
         raise ValueError(
             f"every one of {len(items)} instruction items is longer than align.sft.max_length={cfg.max_length} tokens: raise it"
@@ -66,10 +68,11 @@ def run_sft(base_dir: Path, items: list[Item], cfg: SFTSettings, out: Path) -> S
     tokens = sum(len(row["input_ids"]) for row in rows)
     counts = {
         "items": len(items),
+        "replay_passages": len(replay),
         "dropped": dict(drops),
         "rows": len(rows),
         "tokens": tokens,
-        "response_tokens": sum(sum(1 for t in row["labels"] if t != IGNORE_INDEX) for row in rows),
+        "labelled_tokens": sum(sum(1 for t in row["labels"] if t != IGNORE_INDEX) for row in rows),
         # Real tokens per token of row capacity: what packing saves over one item per max_length row.
         "packing_efficiency": tokens / (len(rows) * cfg.max_length),
     }
@@ -88,5 +91,7 @@ def train_sft(ws: Workspace, cfg: SFTSettings, base: ModelRef, instructions: Ins
     """The SFT model of this base model, instruction set and config (trained once, then a cache hit)."""
     store = ArtifactStore(ws.artifacts, code_version=ws.git_commit())
     inputs = {"base_model": base.version, "instructions": instructions.version}
-    artifact, _ = store.run_stage(STAGE, cfg, inputs, lambda out: run_sft(base.model_dir, instructions.items("train"), cfg, out))
+    artifact, _ = store.run_stage(
+        STAGE, cfg, inputs, lambda out: run_sft(base.model_dir, instructions.items("train"), instructions.replay(), cfg, out)
+    )
     return ModelRef.of_artifact(artifact)

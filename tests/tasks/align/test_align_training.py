@@ -45,7 +45,7 @@ def test_lora_adapters_are_merged_into_a_plain_checkpoint(model_dir: Path, tmp_p
     lora = LoraSettings(enabled=True, r=4, alpha=8)
     items = [Item(f"user:{i}", "user", -1, [{"role": "user", "content": f"Say {w}."}], w, "test") for i, w in enumerate(["yes", "no"])]
     sft_out = tmp_path / "sft"
-    run_sft(model_dir, items, SFTSettings(lora=lora, epochs=1, lr=1e-2, warmup_ratio=0.0), sft_out)
+    run_sft(model_dir, items, [], SFTSettings(lora=lora, epochs=1, lr=1e-2, warmup_ratio=0.0), sft_out)
     pairs = [Pair("user:0", "user", items[0].messages, "yes", "no", 1.0, 0.0)]
     dpo_out = tmp_path / "dpo"
     run_dpo(sft_out / "model", pairs, DPOSettings(lora=lora, epochs=1, lr=1e-2, warmup_ratio=0.0), dpo_out)

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.llama import IGNORE_INDEX
 from tasks.align.config import SFTSettings
-from tasks.align.encode import TOO_LONG, Encoded, PackedCollator, encode, pack, prompt_ids
+from tasks.align.encode import TOO_LONG, Encoded, PackedCollator, encode, encode_text, pack, prompt_ids
 from tasks.align.sft import sft_trainer
 
 CONVERSATIONS = [
@@ -57,6 +57,16 @@ def test_prompt_tokens_carry_no_loss_in_the_batches_sft_trainer_trains_on(model_
             assert tokenizer.decode(item_labels[prompt_length:]) == response + tokenizer.eos_token
             found.append(response)
     assert sorted(found) == sorted(r for _, r in CONVERSATIONS)
+
+
+def test_replay_text_is_trained_on_every_token_and_cut_to_the_row(tokenizer_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    text = "Of Mans First Disobedience, and the Fruit\nOf that Forbidden Tree, whose mortal tast"
+    whole = encode_text(tokenizer, text, 10_000)
+    assert whole.labels == whole.input_ids
+    assert tokenizer.decode(whole.input_ids) == text + tokenizer.eos_token
+    cut = encode_text(tokenizer, text, 8)
+    assert cut.input_ids == whole.input_ids[:8] and cut.labels == cut.input_ids
 
 
 def test_packing_is_best_fit_decreasing_and_drops_items_that_do_not_fit() -> None:

@@ -14,6 +14,7 @@ from tasks.align.instructions import (
     DROPPED_JSONL,
     HELDOUT_JSONL,
     LETTERS,
+    REPLAY_JSONL,
     TRAIN_JSONL,
     Item,
     build_instruction_files,
@@ -39,7 +40,7 @@ def test_every_task_is_built_in_one_response_style_and_deterministically(align_d
     cfg = InstructionConfig(items_per_task=12, heldout_items_per_task=6)
     _build(align_data, cfg, tmp_path / "a")
     _build(align_data, cfg, tmp_path / "b")
-    for name in (TRAIN_JSONL, HELDOUT_JSONL):
+    for name in (TRAIN_JSONL, HELDOUT_JSONL, REPLAY_JSONL):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
     train, heldout = _items(tmp_path / "a", TRAIN_JSONL), _items(tmp_path / "a", HELDOUT_JSONL)
@@ -57,6 +58,13 @@ def test_every_task_is_built_in_one_response_style_and_deterministically(align_d
         else:
             assert item.response == doc.source and "milton or shakespeare" in item.prompt
     assert all(len({i.template for i in train if i.task == t}) > 1 for t in ALL_TASKS)
+    # Replay passages: unprompted runs of whole lines of the train split, as pretraining saw them.
+    replay = _items(tmp_path / "a", REPLAY_JSONL)
+    assert 0 < len(replay) <= cfg.replay_passages and not any(i.messages for i in replay)
+    for item in replay:
+        lines = lines_of(docs[item.origin].text)
+        start = lines.index(item.response.split("\n")[0])
+        assert item.response == "\n".join(lines[start : start + cfg.replay_lines])
 
 
 def test_items_sharing_a_13_gram_with_the_other_side_are_dropped_and_counted(align_data: Path, tmp_path: Path) -> None:
@@ -81,6 +89,9 @@ def test_items_sharing_a_13_gram_with_the_other_side_are_dropped_and_counted(ali
     assert any(d["origin"] == leak.id and d["split"] == "train" and d["reason"] == CONTAMINATED for d in dropped)
     eval_index = build_index((d.text for s in EVAL_SPLITS for d in iter_split(data_dir, s)), 13)
     assert not overlaps(eval_index, [i.check_text for i in train]).any()
+    replay = _items(tmp_path / "out", REPLAY_JSONL)
+    assert replay and not overlaps(eval_index, [i.check_text for i in replay]).any()
+    assert any(d["origin"] == leak.id and d["split"] == "replay" and d["reason"] == CONTAMINATED for d in dropped)
     # The same overlap seen from the held-out side: the eval stage's rule drops those held-out items too.
     assert any(d["origin"] == held.id and d["split"] == "heldout" and d["reason"] == CONTAMINATED for d in dropped)
     assert not overlaps(build_index((d.text for d in iter_split(data_dir, "train")), 13), [i.check_text for i in heldout]).any()
