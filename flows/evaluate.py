@@ -13,7 +13,17 @@ from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
 from tasks.evals.gate import check_policy, gate
 from tasks.evals.runner import evaluate_checkpoint, table_from_rows, table_rows
-from tasks.evals.stage import collect_lineage, log_evaluation, publish_report, record, register, resolve_candidate, score_champion
+from tasks.evals.stage import (
+    collect_lineage,
+    earlier_verdict,
+    judgement_key,
+    log_evaluation,
+    publish_report,
+    record,
+    register,
+    resolve_candidate,
+    score_champion,
+)
 from tasks.evals.suite import build_suite
 from tasks.data.version import dataset_version
 
@@ -30,6 +40,9 @@ def evaluate_flow(
     base_metrics: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint, gate it against the champion, and register it as a new version.
+
+    Judging the same weights on the same suite, policy and inputs again (a rerun of the
+    pipeline) registers nothing: it returns the earlier version's verdict, with ``reused``.
 
     ``model_dir`` defaults to the latest pretrain artifact's model; ``dataset_md5`` to the
     version in ``data.dvc``. ``lineage`` adds links the caller knows (``ladder_run``,
@@ -49,12 +62,17 @@ def evaluate_flow(
     candidate = resolve_candidate(ws, model_dir, training_run_id)
     suite = build_suite(ws, cfg.suite, md5)
     check_policy(cfg.gate, suite.metrics)
+    key = judgement_key(candidate, suite, cfg, base_metrics, scaling_gate)
+    earlier = earlier_verdict(cfg.registered_model, key, suite)
+    if earlier is not None:
+        progress.finish("evaluate", {k: earlier[k] for k in ("decision", "version", "alias", "reused")}, time.perf_counter() - started)
+        return earlier
     evaluation = evaluate_checkpoint(candidate.model_dir, suite, cfg.run)
     champion = score_champion(cfg.registered_model, suite, cfg.run)
     decision = gate(evaluation.table, cfg.gate, champion.table if champion else None, base, scaling_gate)
     eval_run_id, model_uri = log_evaluation(ws, cfg, suite, evaluation, candidate, md5)
     links = collect_lineage(ws, md5, candidate, eval_run_id, suite, scaling_gate, lineage)
-    version = register(cfg.registered_model, model_uri, links, suite, eval_run_id)
+    version = register(cfg.registered_model, model_uri, links, suite, eval_run_id, key, champion.version if champion else None)
     facts = {
         "candidate": f"{cfg.registered_model} version {version} ({candidate.model_dir})",
         "compared with": champion.note if champion else "no champion yet",
@@ -77,6 +95,7 @@ def evaluate_flow(
         "suite_version": suite.version,
         "contaminated_items": suite.artifact.metrics["contaminated_items"],
         "lineage": links,
+        "reused": False,
     }
     progress.finish("evaluate", {k: summary[k] for k in ("decision", "version", "alias")}, time.perf_counter() - started)
     return summary

@@ -1,6 +1,8 @@
 """The MLflow model registry: one registered model, a version per candidate, aliases for roles.
 
-Every candidate becomes a new version with alias ``challenger``. The gate's decision is
+Every candidate becomes a new version with alias ``challenger``, once: a version records what
+was judged (``ladder.gate.key``: the weights, the eval suite, the policy and its inputs), and
+the same judgement asked again returns that version instead of registering a copy. The gate's decision is
 recorded on the version (``ladder.gate.decision``, ``ladder.gate.reasons``); a version that
 passes takes alias ``champion`` from its predecessor, which keeps its version number, its
 eval run and its metrics, and is tagged with who replaced it. A manual promotion needs a
@@ -36,6 +38,8 @@ REPORT_TAG = "ladder.gate.report"
 SUITE_TAG = "ladder.eval_suite"
 SUPERSEDED_TAG = "ladder.superseded_by"
 PROMOTION_TAG = "ladder.promotion"
+KEY_TAG = "ladder.gate.key"
+COMPARED_TAG = "ladder.gate.compared_with"
 
 METRICS_ARTIFACT = "metrics.json"
 MODEL_ARTIFACT = "model"
@@ -103,6 +107,21 @@ def register_candidate(name: str, model_uri: str, tags: dict[str, str]) -> Model
     version = mlflow.register_model(model_uri, name, tags={k: _tag_text(v) for k, v in tags.items()})
     _client().set_registered_model_alias(name, CHALLENGER, version.version)
     return version
+
+
+def decided_version(name: str, key: str) -> ModelVersion | None:
+    """The version whose gate decision was made on ``key`` (see ``KEY_TAG``), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = _client().search_model_versions(f"name = '{name}'")
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    # A version registered by a run that died before the gate recorded its decision is not reused.
+    decided = [v for v in versions if v.tags.get(KEY_TAG) == key and DECISION_TAG in v.tags]
+    return min(decided, key=lambda v: int(v.version), default=None)
 
 
 def _take_champion(name: str, version: str, previous: str | None) -> None:

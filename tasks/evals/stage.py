@@ -12,13 +12,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import ArtifactStore
+from ladder.artifacts import ArtifactStore, file_sha256
+from ladder.config import content_hash
 from ladder.tracking import experiment_id, stage_run
 from ladder.workspace import Workspace
 from tasks.evals import lineage, registry
 from tasks.evals.config import EvalConfig, RunConfig
 from tasks.evals.gate import Decision, report_markdown
-from tasks.evals.runner import Evaluation, MetricTable, run_lm_eval, table_to_dict
+from tasks.evals.runner import Evaluation, MetricTable, run_lm_eval, table_rows, table_to_dict
 from tasks.evals.suite import DROPPED, ITEMS_DIR, SUITE_JSON, Suite
 
 STAGE = "evaluate"
@@ -33,6 +34,46 @@ class Candidate:
 
     model_dir: Path
     training_run_id: str | None
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """One digest of the checkpoint's weights (every safetensors shard): the candidate's identity, wherever it lies."""
+    shards = sorted(model_dir.glob("*.safetensors"))
+    if not shards:
+        raise ValueError(f"{model_dir} holds no *.safetensors weights: pass a Hugging Face checkpoint saved with safetensors")
+    return content_hash({shard.name: file_sha256(shard) for shard in shards})
+
+
+def judgement_key(candidate: Candidate, suite: Suite, cfg: EvalConfig, base_metrics: Any, scaling_gate: Any) -> str:
+    """What a gate decision depends on besides the champion: the weights, the suite, how they are run and judged."""
+    return content_hash({
+        "weights": weights_sha256(candidate.model_dir), "suite": suite.version, "run": cfg.run.model_dump(),
+        "gate": cfg.gate.model_dump(), "base_metrics": base_metrics, "scaling_gate": scaling_gate,
+    })
+
+
+@task(name="find-earlier-verdict", cache_policy=NO_CACHE)
+def earlier_verdict(name: str, key: str, suite: Suite) -> dict[str, Any] | None:
+    """The summary of the version already judged on ``key``, or None: a rerun reports it instead of registering a copy."""
+    found = registry.decided_version(name, key)
+    if found is None:
+        return None
+    eval_run_id = found.tags["ladder.eval_run"]
+    compared = found.tags.get(registry.COMPARED_TAG, "")
+    return {
+        "decision": found.tags[registry.DECISION_TAG],
+        "reasons": registry.reasons(found),
+        "version": str(found.version),
+        "alias": ", ".join(registry.aliases_of(name, found.version)) or "none",
+        "registered_model": name,
+        "champion_before": compared or None,
+        "metrics": table_rows(registry.eval_table(eval_run_id)),
+        "eval_run_id": eval_run_id,
+        "suite_version": suite.version,
+        "contaminated_items": suite.artifact.metrics["contaminated_items"],
+        "lineage": lineage.from_tags(found.tags),
+        "reused": True,
+    }
 
 
 @dataclass(frozen=True)
@@ -171,9 +212,12 @@ def collect_lineage(
 
 
 @task(name="register-candidate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
-def register(name: str, model_uri: str, links: dict[str, str], suite: Suite, eval_run_id: str) -> str:
-    """A new version with alias ``challenger``, tagged with its lineage; returns the version number."""
-    tags = {**lineage.to_tags(links), registry.SUITE_TAG: suite.version, "ladder.eval_run": eval_run_id}
+def register(
+    name: str, model_uri: str, links: dict[str, str], suite: Suite, eval_run_id: str, key: str, champion: str | None
+) -> str:
+    """A new version with alias ``challenger``, tagged with its lineage and what it is judged on; returns the version number."""
+    tags = {**lineage.to_tags(links), registry.SUITE_TAG: suite.version, "ladder.eval_run": eval_run_id,
+            registry.KEY_TAG: key, registry.COMPARED_TAG: champion or ""}
     return str(registry.register_candidate(name, model_uri, tags).version)
 
 

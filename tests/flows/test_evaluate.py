@@ -173,6 +173,27 @@ def test_regressing_candidate_stays_challenger_with_reasons(stack: Stack, promot
     assert kept["ladder_ppl/bits_per_byte"].value == pytest.approx(_metric(promoted, "ladder_ppl/bits_per_byte")["value"])
 
 
+def test_the_same_candidate_judged_again_is_reported_not_registered_again(
+    stack: Stack, promoted: dict[str, Any], rejected: dict[str, Any]
+) -> None:
+    again = evaluate_flow(
+        overrides=OVERRIDES, model_dir=str(stack.trained_dir), training_run_id=stack.training_run_id,
+        lineage={"ladder_run": "run-of-the-ladder"},
+    )
+    assert again["reused"] and not promoted["reused"]
+    assert (again["decision"], again["version"], again["alias"], again["eval_run_id"]) == (
+        "promoted", "1", "champion", promoted["eval_run_id"])
+    assert again["metrics"] == promoted["metrics"] and again["reasons"] == promoted["reasons"]
+    assert again["lineage"] == promoted["lineage"]
+    assert sorted(v.version for v in MlflowClient().search_model_versions(f"name = '{NAME}'")) == ["1", "2"]
+    # A stricter policy is another judgement: the same weights are evaluated and registered anew.
+    stricter = evaluate_flow(
+        overrides=[*OVERRIDES, "evals.gate.floors={ladder_ppl/bits_per_byte: 0.5}"], model_dir=str(stack.trained_dir),
+        training_run_id=stack.training_run_id,
+    )
+    assert (stricter["reused"], stricter["version"], stricter["decision"]) == (False, "3", "rejected")
+
+
 def test_lineage_of_the_champion_names_dataset_and_training_run(stack: Stack, promoted: dict[str, Any]) -> None:
     result = CliRunner().invoke(app, ["lineage", f"{NAME}@champion"])
     assert result.exit_code == 0, result.output

@@ -113,6 +113,10 @@ def test_unchanged_rerun_finds_every_training_stage_built(
     rungs = len(load(ProjectConfig, "tiny", overrides).ladder.rungs)
     assert len(_runs_of(module_workspace, "ladder")) == 1
     assert len(_runs_of(module_workspace, "pretrain")) == rungs + 1
+    # Nor judged into the registry twice: the rerun reports the versions the first run registered.
+    model = load(ProjectConfig, "tiny", overrides).evals.registered_model
+    assert len(MlflowClient().search_model_versions(f"name = '{model}'")) == 2
+    assert again.summary["aligned model gate"] == first.summary["aligned model gate"]
 
 
 def test_a_target_that_misses_its_prediction_stops_before_alignment(

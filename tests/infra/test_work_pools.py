@@ -24,9 +24,17 @@ def test_prefect_yaml_is_what_prefect_deploy_reads():
 
     model = PrefectYamlModel.model_validate(yaml.safe_load(PREFECT_FILE.read_text()))
     names = [d.name for d in model.deployments]
-    assert names == ["ladder-pipeline", "ladder-data", "ladder-tokenizer", "ladder-pretrain"]
+    assert names == [
+        "ladder-pipeline", "ladder-data", "ladder-tokenizer", "ladder-pretrain", "ladder-ladder", "ladder-evaluate", "ladder-align"
+    ]
     assert {d.work_pool.name for d in model.deployments} == {LOCAL_POOL}
     assert all(d.parameters["profile"] == "tiny" for d in model.deployments)
+    # Every entrypoint names a flow by module path, and its parameters are ones the flow takes.
+    from prefect.flows import load_flow_from_entrypoint
+
+    for deployment in model.deployments:
+        found = load_flow_from_entrypoint(deployment.entrypoint)
+        assert set(deployment.parameters) <= set(found.parameters.properties), deployment.name
 
 
 def test_the_pipeline_runs_nightly_and_on_each_new_dataset_version():
