@@ -24,6 +24,7 @@ from flows.tokenizer import tokenizer_flow
 from ladder.config import load
 from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
+from tasks.align.report import ACCURACY
 from tasks.scaling.stage import target_gate
 from tasks.train.stage import store
 
@@ -91,6 +92,7 @@ def pipeline_flow(
         "target actual": f"{pre['final_val_loss']:.4f}",
         "scaling gate": f"{scaling['status']} ({scaling['rel_error']:+.2%})",
         "base model gate": f"{base['decision']}: {base['registered_model']} v{base['version']} @{base['alias']}",
+        "held-out task score (base / SFT / DPO)": " / ".join(f"{row[ACCURACY]:.4f}" for row in aligned["table"]),
         "alignment": f"reward margin {aligned['reward_margin']:+.4f}, within tax bound: {aligned['passed_tax_bound']}",
         "aligned model gate": f"{registry.get('decision')}: {registry.get('registered_model')} v{registry.get('version')} @{registry.get('alias')}",
         "seconds": round(time.perf_counter() - started, 1),
