@@ -52,6 +52,12 @@ def publish_summary(summary: dict[str, Any]) -> None:
     )
 
 
+def gate_line(verdict: dict[str, Any]) -> str:
+    """``promoted: NAME vN @alias``; a version that no longer holds an alias (a later champion took it) shows none."""
+    alias = f" @{verdict['alias']}" if verdict["alias"] != "none" else ""
+    return f"{verdict['decision']}: {verdict['registered_model']} v{verdict['version']}{alias}"
+
+
 @flow(name="pipeline")
 def pipeline_flow(
     profile: str = "tiny", overrides: list[str] | None = None, dataset_md5: str | None = None
@@ -81,20 +87,22 @@ def pipeline_flow(
                       "prediction": ladder["prediction"], "override": scaling["override_reason"] or None},
     )
     aligned = align_flow(**common, base_model_dir=pre["model_dir"], dataset_md5=md5)
-    registry = aligned["registry"] or {}
+    registry = aligned["registry"]
+    quarantined = data["counts"]["quarantined"]
     summary = {
         "dataset version (DVC md5)": md5,
-        "documents kept / quarantined": f"{data['counts']['kept']} / {sum(data['counts']['quarantined'].values())}",
+        "documents kept / quarantined": f"{data['counts']['kept']} / {sum(quarantined.values())} ("
+        + ", ".join(f"{reason} {count}" for reason, count in sorted(quarantined.items(), key=lambda kv: -kv[1])) + ")",
         "tokenizer": f"{tok['chosen']} ({tok['rule']})",
         "ladder fit": ", ".join(f"{k}={v:.4g}" for k, v in ladder["fit"].items()),
         "ladder self-check error (top rung)": f"{ladder['self_check_rel_error']:+.2%}",
         "target prediction": f"{ladder['prediction']['loss']:.4f} [{ladder['prediction']['low']:.4f}, {ladder['prediction']['high']:.4f}]",
         "target actual": f"{pre['final_val_loss']:.4f}",
         "scaling gate": f"{scaling['status']} ({scaling['rel_error']:+.2%})",
-        "base model gate": f"{base['decision']}: {base['registered_model']} v{base['version']} @{base['alias']}",
+        "base model gate": gate_line(base),
         "held-out task score (base / SFT / DPO)": " / ".join(f"{row[ACCURACY]:.4f}" for row in aligned["table"]),
         "alignment": f"reward margin {aligned['reward_margin']:+.4f}, within tax bound: {aligned['passed_tax_bound']}",
-        "aligned model gate": f"{registry.get('decision')}: {registry.get('registered_model')} v{registry.get('version')} @{registry.get('alias')}",
+        "aligned model gate": gate_line(registry) if registry else "not submitted (align.register_candidate=false)",
         "seconds": round(time.perf_counter() - started, 1),
     }
     publish_summary(summary)
