@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import flow
@@ -41,7 +40,6 @@ def align_flow(
     and whether the final model is within the gate's bounds, the MLflow run ids, and (with
     ``align.register_candidate``) the evaluate flow's verdict on the final model.
     """
-    started = time.perf_counter()
     progress.start("align")
     project = load(ProjectConfig, profile, overrides or [])
     cfg, evals = project.align, project.evals
@@ -101,6 +99,5 @@ def align_flow(
         "instructions": instructions.artifact.metrics,
         "registry": registration,
     }
-    progress.finish("align", {"reward_margin": round(margin["margin"], 4), "passed_tax_bound": summary.passed},
-                    time.perf_counter() - started)
+    progress.finish("align", {"reward_margin": round(margin["margin"], 4), "passed_tax_bound": summary.passed})
     return result

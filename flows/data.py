@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import flow
@@ -24,7 +23,6 @@ def data_flow(profile: str = "tiny", overrides: list[str] | None = None) -> dict
     unchanged corpus and config did no work), ``counts`` (files, documents kept and quarantined by
     reason, per split), ``data_docs`` (the quality report's HTML) and ``mlflow_run_id``.
     """
-    started = time.perf_counter()
     progress.start("data")
     cfg = load(ProjectConfig, profile, overrides or []).data
     ws = Workspace.from_env()
@@ -34,5 +32,5 @@ def data_flow(profile: str = "tiny", overrides: list[str] | None = None) -> dict
     summary = summarize(artifact, md5, cached, log_dataset(ws, cfg, artifact, md5, cached))
     publish_summary(summary)
     shown = {"dataset_md5": md5, "kept": summary["counts"]["kept"], "quarantined": summary["counts"]["quarantined"], "cached": cached}
-    progress.finish("data", shown, time.perf_counter() - started)
+    progress.finish("data", shown)
     return summary

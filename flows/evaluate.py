@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import flow
@@ -12,7 +11,8 @@ from ladder.config import load
 from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
 from tasks.evals.gate import check_policy, gate
-from tasks.evals.runner import evaluate_checkpoint, table_from_rows, table_rows
+from tasks.evals.registry import PROMOTED, REJECTED
+from tasks.evals.runner import evaluate_checkpoint, table_from_rows
 from tasks.evals.stage import (
     collect_lineage,
     earlier_verdict,
@@ -23,9 +23,13 @@ from tasks.evals.stage import (
     register,
     resolve_candidate,
     score_champion,
+    verdict,
 )
 from tasks.evals.suite import build_suite
 from tasks.data.version import dataset_version
+
+# What the progress display shows of a verdict.
+SHOWN = ("decision", "version", "alias", "reused")
 
 
 @flow(name="evaluate")
@@ -53,7 +57,6 @@ def evaluate_flow(
     Returns ``decision`` (promoted or rejected), ``reasons``, ``version``, ``alias``,
     ``metrics`` (one row per metric), ``eval_run_id`` and what the candidate was compared with.
     """
-    started = time.perf_counter()
     progress.start("evaluate")
     cfg = load(ProjectConfig, profile, overrides or []).evals
     ws = Workspace.from_env()
@@ -65,7 +68,7 @@ def evaluate_flow(
     key = judgement_key(candidate, suite, cfg, base_metrics, scaling_gate)
     earlier = earlier_verdict(cfg.registered_model, key, suite)
     if earlier is not None:
-        progress.finish("evaluate", {k: earlier[k] for k in ("decision", "version", "alias", "reused")}, time.perf_counter() - started)
+        progress.finish("evaluate", {k: earlier[k] for k in SHOWN})
         return earlier
     evaluation = evaluate_checkpoint(candidate.model_dir, suite, cfg.run)
     champion = score_champion(cfg.registered_model, suite, cfg.run)
@@ -83,19 +86,10 @@ def evaluate_flow(
     }
     report_uri = publish_report(eval_run_id, decision, facts, evaluation.table, cfg, champion, base)
     alias = record(cfg.registered_model, version, decision, report_uri)
-    summary = {
-        "decision": "promoted" if decision.passed else "rejected",
-        "reasons": decision.reasons,
-        "version": version,
-        "alias": alias,
-        "registered_model": cfg.registered_model,
-        "champion_before": champion.version if champion else None,
-        "metrics": table_rows(evaluation.table),
-        "eval_run_id": eval_run_id,
-        "suite_version": suite.version,
-        "contaminated_items": suite.artifact.metrics["contaminated_items"],
-        "lineage": links,
-        "reused": False,
-    }
-    progress.finish("evaluate", {k: summary[k] for k in ("decision", "version", "alias")}, time.perf_counter() - started)
+    summary = verdict(
+        cfg.registered_model, version, decision=PROMOTED if decision.passed else REJECTED, reasons=decision.reasons,
+        alias=alias, champion_before=champion.version if champion else None, table=evaluation.table,
+        eval_run_id=eval_run_id, suite=suite, links=links, reused=False,
+    )
+    progress.finish("evaluate", {k: summary[k] for k in SHOWN})
     return summary

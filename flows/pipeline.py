@@ -9,6 +9,7 @@ registry promotes. The flow's result (or its failure message) says which gate de
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from prefect import flow, task
@@ -25,6 +26,7 @@ from ladder.config import load
 from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
 from tasks.align.report import ACCURACY
+from tasks.evals.stage import verdict_line
 from tasks.scaling.stage import target_gate
 from tasks.train.stage import store
 
@@ -50,12 +52,6 @@ def publish_summary(summary: dict[str, Any]) -> None:
         key="pipeline-summary", markdown="# ladder pipeline\n\n" + "\n".join(lines),
         description="What the pipeline produced and which gates decided what.",
     )
-
-
-def gate_line(verdict: dict[str, Any]) -> str:
-    """``promoted: NAME vN @alias``; a version that no longer holds an alias (a later champion took it) shows none."""
-    alias = f" @{verdict['alias']}" if verdict["alias"] != "none" else ""
-    return f"{verdict['decision']}: {verdict['registered_model']} v{verdict['version']}{alias}"
 
 
 @flow(name="pipeline")
@@ -88,21 +84,21 @@ def pipeline_flow(
     )
     aligned = align_flow(**common, base_model_dir=pre["model_dir"], dataset_md5=md5)
     registry = aligned["registry"]
-    quarantined = data["counts"]["quarantined"]
+    quarantined = Counter(data["counts"]["quarantined"])
     summary = {
         "dataset version (DVC md5)": md5,
-        "documents kept / quarantined": f"{data['counts']['kept']} / {sum(quarantined.values())} ("
-        + ", ".join(f"{reason} {count}" for reason, count in sorted(quarantined.items(), key=lambda kv: -kv[1])) + ")",
+        "documents kept / quarantined": f"{data['counts']['kept']} / {quarantined.total()} ("
+        + ", ".join(f"{reason} {count}" for reason, count in quarantined.most_common()) + ")",
         "tokenizer": f"{tok['chosen']} ({tok['rule']})",
         "ladder fit": ", ".join(f"{k}={v:.4g}" for k, v in ladder["fit"].items()),
         "ladder self-check error (top rung)": f"{ladder['self_check_rel_error']:+.2%}",
         "target prediction": f"{ladder['prediction']['loss']:.4f} [{ladder['prediction']['low']:.4f}, {ladder['prediction']['high']:.4f}]",
         "target actual": f"{pre['final_val_loss']:.4f}",
         "scaling gate": f"{scaling['status']} ({scaling['rel_error']:+.2%})",
-        "base model gate": gate_line(base),
+        "base model gate": verdict_line(base),
         "held-out task score (base / SFT / DPO)": " / ".join(f"{row[ACCURACY]:.4f}" for row in aligned["table"]),
         "alignment": f"reward margin {aligned['reward_margin']:+.4f}, within tax bound: {aligned['passed_tax_bound']}",
-        "aligned model gate": gate_line(registry) if registry else "not submitted (align.register_candidate=false)",
+        "aligned model gate": verdict_line(registry) if registry else "not submitted (align.register_candidate=false)",
         "seconds": round(time.perf_counter() - started, 1),
     }
     publish_summary(summary)

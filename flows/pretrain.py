@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import flow
@@ -29,7 +28,6 @@ def pretrain_flow(
     Returns ``model_dir``, ``final_val_loss``, ``steps``, ``spike_events`` (how many
     rollbacks), ``mlflow_run_id``, ``cached``, ``tokens_per_s``, ``mfu`` and ``artifact_version``.
     """
-    started = time.perf_counter()
     progress.start("pretrain")
     ws = Workspace.from_env()
     cfg = load(ProjectConfig, profile, overrides or []).train
@@ -37,5 +35,5 @@ def pretrain_flow(
     artifact, cached = pretrain(ws, cfg, inputs)
     summary = publish(artifact, cached)
     shown = {key: summary[key] for key in ("final_val_loss", "steps", "spike_events", "cached")}
-    progress.finish("pretrain", shown, time.perf_counter() - started)
+    progress.finish("pretrain", shown)
     return summary

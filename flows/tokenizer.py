@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import flow
@@ -23,7 +22,6 @@ def tokenizer_flow(
 
     ``dataset_md5`` defaults to the version in the workspace's ``data.dvc``.
     """
-    started = time.perf_counter()
     progress.start("tokenizer")
     ws = Workspace.from_env()
     cfg = load(ProjectConfig, profile, overrides or []).tokenizer
@@ -45,5 +43,5 @@ def tokenizer_flow(
         "cached": cached,
     }
     shown = {key: summary[key] for key in ("chosen", "packing_efficiency", "cached")}
-    progress.finish("tokenizer", shown, time.perf_counter() - started)
+    progress.finish("tokenizer", shown)
     return summary

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +60,14 @@ class Artifact:
 def stage_version(stage: str, config: Section, inputs: dict[str, str]) -> str:
     """The version of a stage's output: a hash of what determines it, nothing else."""
     return content_hash({"stage": stage, "config": config.to_dict(), "inputs": inputs})
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """One JSON object per line, keys sorted, text as is (not \\u-escaped); the parent directory is made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
 
 
 def file_sha256(path: Path) -> str:

@@ -261,6 +261,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model on the held-out suite (lm-eval), gate it against the champion, register it with its lineage."""
     from flows.evaluate import evaluate_flow
+    from tasks.evals.stage import verdict_line
 
     result = _run_stage(
         "evaluate", ["evals"], dry_run, profile, overrides, evaluate_flow, model_dir=model_dir, training_run_id=training_run
@@ -275,7 +276,7 @@ def evaluate(
         table.add_row(row["metric"], f"{row['value']:.4f}", stderr, better, str(row["items"]))
     console.print(table)
     colour = "green" if result["decision"] == "promoted" else "yellow"
-    console.print(f"[{colour}]{result['decision']}[/]: version {result['version']} is now @{result['alias']}")
+    console.print(f"[{colour}]{verdict_line(result)}[/]")
     for reason in result["reasons"]:
         console.print(f"  {reason}", markup=False)
     _show("evaluate stage", {k: result[k] for k in ("eval_run_id", "suite_version", "contaminated_items", "seconds")})
@@ -351,6 +352,7 @@ def align(
 ) -> None:
     """Align a base model: SFT on instruction data, DPO on its own samples; print the gains and the alignment tax."""
     from flows.align import align_flow
+    from tasks.evals.stage import verdict_line
 
     result = _run_stage("align", ["align", "evals"], dry_run, profile, overrides, align_flow, base_model_dir=base_model_dir)
     rows = result["table"]
@@ -371,7 +373,7 @@ def align(
             console.print(f"  {model}: {line}", markup=False)
     if result["registry"]:
         reg = result["registry"]
-        console.print(f"registry: {reg['registered_model']} version {reg['version']} {reg['decision']}, now @{reg['alias']}", markup=False)
+        console.print(f"registry: {verdict_line(reg)}", markup=False)
         for reason in reg["reasons"]:
             console.print(f"  {reason}", markup=False)
     _show("align stage", {k: result[k] for k in ("sft_model_dir", "dpo_model_dir", "mlflow_run_ids", "seconds")})

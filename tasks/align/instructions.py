@@ -33,7 +33,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import Artifact, ArtifactStore, StageOutput, file_sha256
+from ladder.artifacts import Artifact, ArtifactStore, StageOutput, file_sha256, write_jsonl
 from ladder.workspace import Workspace
 from tasks.align.config import InstructionConfig
 from tasks.data.document import Document, iter_split
@@ -106,9 +106,6 @@ class Item:
     def check_text(self) -> str:
         """What the contamination check reads: every turn and the response."""
         return f"{self.prompt}\n{self.response}"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
 
     @classmethod
     def from_json(cls, line: str) -> "Item":
@@ -382,13 +379,9 @@ def screen(
             passed.append((item, short))
             continue
         drops[reason] += 1
-        dropped.append({"split": split, "reason": reason, "ngram_hits": int(hit), **json.loads(item.to_json())})
+        dropped.append({"split": split, "reason": reason, "ngram_hits": int(hit), **asdict(item)})
     kept = passed[:budget]
     return Screened([item for item, _ in kept], len(passed) - len(kept), sum(short for _, short in kept))
-
-
-def _write(path: Path, items: Iterable[Item]) -> None:
-    path.write_text("".join(item.to_json() + "\n" for item in items), encoding="utf-8")
 
 
 def build_instruction_files(
@@ -440,10 +433,9 @@ def build_instruction_files(
             f"no {'training' if not train else 'held-out'} instruction items survived ({counts}): "
             f"lower align.instructions.min_line_words / context_lines or add data"
         )
-    _write(out / TRAIN_JSONL, train)
-    _write(out / HELDOUT_JSONL, heldout)
-    _write(out / REPLAY_JSONL, replay.kept)
-    (out / DROPPED_JSONL).write_text("".join(json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n" for d in dropped), encoding="utf-8")
+    for name, kept in ((TRAIN_JSONL, train), (HELDOUT_JSONL, heldout), (REPLAY_JSONL, replay.kept)):
+        write_jsonl(out / name, map(asdict, kept))
+    write_jsonl(out / DROPPED_JSONL, dropped)
     contaminated = sum(1 for d in dropped if d["reason"] == CONTAMINATED)
     metrics = {"train_items": len(train), "heldout_items": len(heldout), "replay_passages": len(replay.kept),
                "contaminated_items": contaminated}

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import Artifact, ArtifactStore, StageOutput
+from ladder.artifacts import Artifact, ArtifactStore, StageOutput, write_jsonl
 from ladder.workspace import Workspace
 from tasks.align.checkpoints import ModelRef, load_model
 from tasks.align.config import SamplingConfig
@@ -51,9 +51,6 @@ class Pair:
     rejected: str
     chosen_reward: float
     rejected_reward: float
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
 
     @classmethod
     def from_json(cls, line: str) -> "Pair":
@@ -118,8 +115,8 @@ def build_preference_files(
         else:
             tally["pairs"] += 1
             pairs.append(pair)
-    (out / SAMPLES_JSONL).write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records), encoding="utf-8")
-    (out / PAIRS_JSONL).write_text("".join(p.to_json() + "\n" for p in pairs), encoding="utf-8")
+    write_jsonl(out / SAMPLES_JSONL, records)
+    write_jsonl(out / PAIRS_JSONL, map(asdict, pairs))
     rewards = [s["reward"] for r in records for s in r["samples"]]
     best = [max(s["reward"] for s in r["samples"]) for r in records]
     counts: dict[str, Any] = {"prompts": len(prompts), "pairs": len(pairs), "dropped": dict(sorted(drops.items())),

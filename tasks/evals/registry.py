@@ -111,14 +111,7 @@ def register_candidate(name: str, model_uri: str, tags: dict[str, str]) -> Model
 
 def decided_version(name: str, key: str) -> ModelVersion | None:
     """The version whose gate decision was made on ``key`` (see ``KEY_TAG``), or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = _client().search_model_versions(f"name = '{name}'")
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
+    versions = _client().search_model_versions(f"name = '{name}'")  # none yet: an empty list
     # A version registered by a run that died before the gate recorded its decision is not reused.
     decided = [v for v in versions if v.tags.get(KEY_TAG) == key and DECISION_TAG in v.tags]
     return min(decided, key=lambda v: int(v.version), default=None)

@@ -52,28 +52,49 @@ def judgement_key(candidate: Candidate, suite: Suite, cfg: EvalConfig, base_metr
     })
 
 
+def verdict(
+    name: str, version: str, *, decision: str, reasons: list[str], alias: str | None, champion_before: str | None,
+    table: MetricTable, eval_run_id: str, suite: Suite, links: dict[str, str], reused: bool,
+) -> dict[str, Any]:
+    """What the evaluate flow returns about a registry version, judged now or (``reused``) earlier.
+
+    ``alias`` is None for a version that holds none (a later champion took it).
+    """
+    return {
+        "decision": decision,
+        "reasons": reasons,
+        "version": version,
+        "alias": alias,
+        "registered_model": name,
+        "champion_before": champion_before,
+        "metrics": table_rows(table),
+        "eval_run_id": eval_run_id,
+        "suite_version": suite.version,
+        "contaminated_items": suite.artifact.metrics["contaminated_items"],
+        "lineage": links,
+        "reused": reused,
+    }
+
+
+def verdict_line(result: dict[str, Any]) -> str:
+    """``promoted: NAME vN @alias``, the alias left out when the version holds none."""
+    alias = f" @{result['alias']}" if result["alias"] else ""
+    return f"{result['decision']}: {result['registered_model']} v{result['version']}{alias}"
+
+
 @task(name="find-earlier-verdict", cache_policy=NO_CACHE)
 def earlier_verdict(name: str, key: str, suite: Suite) -> dict[str, Any] | None:
-    """The summary of the version already judged on ``key``, or None: a rerun reports it instead of registering a copy."""
+    """The verdict on the version already judged on ``key``, or None: a rerun reports it instead of registering a copy."""
     found = registry.decided_version(name, key)
     if found is None:
         return None
     eval_run_id = found.tags["ladder.eval_run"]
-    compared = found.tags.get(registry.COMPARED_TAG, "")
-    return {
-        "decision": found.tags[registry.DECISION_TAG],
-        "reasons": registry.reasons(found),
-        "version": str(found.version),
-        "alias": ", ".join(registry.aliases_of(name, found.version)) or "none",
-        "registered_model": name,
-        "champion_before": compared or None,
-        "metrics": table_rows(registry.eval_table(eval_run_id)),
-        "eval_run_id": eval_run_id,
-        "suite_version": suite.version,
-        "contaminated_items": suite.artifact.metrics["contaminated_items"],
-        "lineage": lineage.from_tags(found.tags),
-        "reused": True,
-    }
+    return verdict(
+        name, str(found.version), decision=found.tags[registry.DECISION_TAG], reasons=registry.reasons(found),
+        alias=next(iter(registry.aliases_of(name, found.version)), None),
+        champion_before=found.tags.get(registry.COMPARED_TAG) or None, table=registry.eval_table(eval_run_id),
+        eval_run_id=eval_run_id, suite=suite, links=lineage.from_tags(found.tags), reused=True,
+    )
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import json
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -32,7 +32,7 @@ import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import Artifact, ArtifactStore, StageOutput, stage_version
+from ladder.artifacts import Artifact, ArtifactStore, StageOutput, stage_version, write_jsonl
 from ladder.config import content_hash
 from ladder.workspace import Workspace
 from tasks.data.document import Document, iter_split
@@ -254,13 +254,6 @@ def _render(template: str, **fields: Any) -> str:
     return Template((TEMPLATES / template).read_text()).substitute(**quoted)
 
 
-def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
-
-
 def _task_metrics(rendered: str) -> dict[str, bool]:
     """metric -> higher_is_better, as the rendered task YAML declares them."""
     spec = yaml.safe_load(rendered)
@@ -304,7 +297,7 @@ def build_suite_files(data_dir: Path, cfg: SuiteConfig, out: Path, final: Path) 
         kept = select(candidates, cfg.ppl_docs_per_source, index, random.Random(f"{cfg.seed}:{name}"), drops, dropped, name)
         if not kept:
             raise ValueError(f"every {cfg.eval_split} document of source {source!r} was dropped ({dict(drops)}): see {DROPPED}")
-        _write_jsonl(out / ITEMS_DIR / f"{name}.jsonl", kept)
+        write_jsonl(out / ITEMS_DIR / f"{name}.jsonl", kept)
         tasks[name] = _render("perplexity.yaml", task=name, test_file=final / ITEMS_DIR / f"{name}.jsonl")
         counts["tasks"][name] = _counts(len(candidates), drops, len(kept))
 
@@ -321,8 +314,8 @@ def build_suite_files(data_dir: Path, cfg: SuiteConfig, out: Path, final: Path) 
                 f"lower evals.suite.min_line_words / context_lines or hold out more data"
             )
         test_file, fewshot_file = final / ITEMS_DIR / f"{family}.jsonl", final / ITEMS_DIR / f"{family}.fewshot.jsonl"
-        _write_jsonl(out / ITEMS_DIR / test_file.name, kept)
-        _write_jsonl(out / ITEMS_DIR / fewshot_file.name, pool)
+        write_jsonl(out / ITEMS_DIR / test_file.name, kept)
+        write_jsonl(out / ITEMS_DIR / fewshot_file.name, pool)
         counts["tasks"][family] = _counts(len(items), drops, len(kept))
         counts["tasks"][f"{family}:fewshot"] = _counts(len(shot_items), shot_drops, len(pool))
         for task_name, template in scored_by:
@@ -340,7 +333,7 @@ def build_suite_files(data_dir: Path, cfg: SuiteConfig, out: Path, final: Path) 
             higher_is_better[f"{name}/{metric}"] = better
             if name.startswith(f"{PPL}_"):
                 higher_is_better[f"{PPL}/{metric}"] = better
-    _write_jsonl(out / DROPPED, dropped)
+    write_jsonl(out / DROPPED, dropped)
     info = {"tasks": sorted(tasks), "metrics": sorted(higher_is_better), "higher_is_better": higher_is_better}
     (out / SUITE_JSON).write_text(json.dumps(info, indent=2, sort_keys=True))
     contaminated = sum(1 for d in dropped if d["reason"] == CONTAMINATED)
