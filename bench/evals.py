@@ -36,6 +36,7 @@ from ladder.workspace import Workspace
 from tasks.data.config import DataConfig
 from tasks.data.corpus import example_inputs, fetch_example_corpus
 from tasks.data.curate import build_dataset
+from tasks.data.dataset import Dataset, dvc_dir_md5
 from tasks.data.document import iter_split
 from tasks.data.minhash import words
 from tasks.evals.config import RunConfig, SuiteConfig
@@ -117,7 +118,7 @@ def main() -> None:
         print(f"  python set {baseline_grams / base_s:12.0f} n-grams/CPU-s ({base_s:.2f} CPU s, {baseline_grams} n-grams)")
         print(f"  ratio ours/python set: {base_s / ours_s:.1f}x")
 
-        suite = build_suite.fn(Workspace(root), cfg, "example-corpus")
+        suite = build_suite.fn(Workspace(root), cfg, Dataset(dvc_dir_md5(data_dir), data_dir, "bench"))
         print("\nsuite counts (candidates -> dropped by reason, unused, kept):")
         for name, counts in suite.counts["tasks"].items():
             print(f"  {name:<28} {counts['candidates']:5d} -> dropped {counts['dropped'] or {}}, unused {counts['unused']}, kept {counts['kept']}")

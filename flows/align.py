@@ -21,7 +21,7 @@ from tasks.align.sft import train_sft
 from tasks.evals.gate import check_policy
 from tasks.evals.runner import table_rows
 from tasks.evals.suite import build_suite
-from tasks.data.version import dataset_version
+from tasks.data.dataset import resolve_dataset
 
 
 @flow(name="align")
@@ -30,11 +30,14 @@ def align_flow(
     overrides: list[str] | None = None,
     base_model_dir: str | None = None,
     dataset_md5: str | None = None,
+    lineage: dict[str, str] | None = None,
+    scaling_gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Align a base model: SFT on instruction data, then DPO on pairs of its own samples; measure gains and tax.
 
     ``base_model_dir`` defaults to the registry's champion, else the latest pretrained model;
-    ``dataset_md5`` to the version in ``data.dvc``. Returns the SFT and DPO model dirs, the
+    ``dataset_md5`` to the version in ``data.dvc``; ``lineage`` and ``scaling_gate`` are passed on to the
+    evaluation of the aligned model (the ladder behind its base model, and the base's scaling gate). Returns the SFT and DPO model dirs, the
     table (one row per model: held-out instruction scores and eval-suite metrics), the DPO
     reward margin on held-out pairs, the alignment tax of each aligned model against the base
     and whether the final model is within the gate's bounds, the MLflow run ids, and (with
@@ -44,12 +47,13 @@ def align_flow(
     project = load(ProjectConfig, profile, overrides or [])
     cfg, evals = project.align, project.evals
     ws = Workspace.from_env()
-    md5 = dataset_md5 or dataset_version(ws)
-    suite = build_suite(ws, evals.suite, md5)
+    dataset = resolve_dataset(ws, dataset_md5)
+    md5 = dataset.md5
+    suite = build_suite(ws, evals.suite, dataset)
     check_policy(evals.gate, suite.metrics)
     base = resolve_base(ws, evals.registered_model, base_model_dir)
     instructions = build_instructions(
-        ws, cfg.instructions, md5, [evals.suite.eval_split, evals.suite.fewshot_split], evals.suite.ngram
+        ws, cfg.instructions, dataset, [evals.suite.eval_split, evals.suite.fewshot_split], evals.suite.ngram
     )
     tags = lineage_tags(base, instructions, md5)
     align_run = open_align_run(ws, cfg, base, instructions, md5)
@@ -80,8 +84,7 @@ def align_flow(
     if cfg.register_candidate:
         verdict = evaluate_flow(
             profile=profile, overrides=overrides, model_dir=str(policy.model_dir), training_run_id=dpo_runs[-1],
-            dataset_md5=md5, lineage={"alignment_runs": ",".join([sft_run, *dpo_runs]),
-                                      "base_model": base.registry_version or str(base.model_dir)},
+            dataset_md5=md5, lineage=lineage, scaling_gate=scaling_gate,
             base_metrics=table_rows(scores[0].evals),
         )
         registration = {k: verdict[k] for k in ("version", "decision", "alias", "registered_model", "reasons")}

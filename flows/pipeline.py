@@ -2,8 +2,11 @@
 
 data -> tokenizer -> ladder (fit and predict) -> pretrain (the target) -> scaling gate ->
 evaluate and gate -> align -> evaluate and gate. A failed scaling gate stops the pipeline
-before alignment unless ``ladder.override_gate`` is set; the evaluation gates decide what the
-registry promotes. The flow's result (or its failure message) says which gate decided what.
+before alignment unless ``ladder.override_gate`` is set (recorded as overridden, with its
+reason) or the release policy makes it advisory (recorded as advisory); either way its status
+reaches both release gates and the registry as it is. With ``dataset_md5`` the run trains that
+dataset version and curates nothing. The flow's result (or its failure message) says which
+gate decided what.
 """
 
 from __future__ import annotations
@@ -26,23 +29,14 @@ from ladder.config import load
 from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
 from tasks.align.report import ACCURACY
+from tasks.data.dataset import resolve_dataset
+from tasks.evals.gate import scaling_outcome
 from tasks.evals.stage import verdict_line
 from tasks.scaling.stage import target_gate
-from tasks.train.stage import store
 
 
 class GateStopped(ValueError):
     """A gate stopped the pipeline; the message names the gate and its reasons."""
-
-
-@task(name="check-dataset-version", cache_policy=NO_CACHE)
-def check_dataset_version(requested: str | None, produced: str) -> None:
-    """A run started for one dataset version must not train on another."""
-    if requested and requested != produced:
-        raise ValueError(
-            f"the pipeline was started for dataset {requested}, but the data stage produced {produced}: "
-            "run `dvc checkout` or rerun `ladder data` for the intended version"
-        )
 
 
 @task(name="publish-pipeline-summary", cache_policy=NO_CACHE)
@@ -58,43 +52,50 @@ def publish_summary(summary: dict[str, Any]) -> None:
 def pipeline_flow(
     profile: str = "tiny", overrides: list[str] | None = None, dataset_md5: str | None = None
 ) -> dict[str, Any]:
-    """The whole method on the configured corpus; ``dataset_md5`` is what a data-version trigger passes."""
+    """The whole method on the configured corpus, or on dataset version ``dataset_md5`` when given.
+
+    A data-version trigger passes ``dataset_md5``: the run then trains exactly that version,
+    taken from this workspace or pulled from the DVC remote, and curates nothing.
+    """
     started = time.perf_counter()
     overrides = overrides or []
     common = {"profile": profile, "overrides": overrides}
     cfg = load(ProjectConfig, profile, overrides)
     ws = Workspace.from_env()
 
-    data = data_flow(**common)
-    md5 = data["dataset_md5"]
-    check_dataset_version(dataset_md5, md5)
+    md5 = dataset_md5 or data_flow(**common)["dataset_md5"]
+    dataset = resolve_dataset(ws, md5)
     tok = tokenizer_flow(**common, dataset_md5=md5)
     shards = {"shards_dir": tok["shards_dir"], "tokenizer_dir": tok["tokenizer_dir"], "dataset_md5": md5}
     ladder = ladder_flow(**common, **shards)
     pre = pretrain_flow(**common, **shards)
-    ladder_artifact = store(ws).lookup("ladder", ladder["ladder_version"])
+    ladder_artifact = ws.store().lookup("ladder", ladder["ladder_version"])
     scaling = target_gate(ws, ladder_artifact, cfg.ladder, pre["final_val_loss"])
-    if scaling["status"] == "failed":
-        raise GateStopped("stopped before alignment by the scaling-law gate: " + "; ".join(scaling["reasons"]))
+    scaling_release = scaling_outcome(scaling, cfg.evals.gate)
+    if scaling_release.blocks:
+        raise GateStopped("stopped before alignment by the scaling-law gate: " + "; ".join(scaling_release.reasons))
     base = evaluate_flow(
         **common, model_dir=pre["model_dir"], training_run_id=pre["mlflow_run_id"], dataset_md5=md5,
-        lineage={"ladder_run": ladder["mlflow_run_id"], "prediction": f"{ladder['prediction']['loss']:.4f}"},
-        scaling_gate={"passed": scaling["status"] != "failed", "reasons": scaling["reasons"],
-                      "prediction": ladder["prediction"], "override": scaling["override_reason"] or None},
+        lineage={"ladder": ladder["ladder_version"]},
+        scaling_gate=scaling_release.to_dict(),
     )
-    aligned = align_flow(**common, base_model_dir=pre["model_dir"], dataset_md5=md5)
+    aligned = align_flow(
+        **common, base_model_dir=pre["model_dir"], dataset_md5=md5,
+        lineage={"ladder": ladder["ladder_version"]}, scaling_gate=scaling_release.to_dict(),
+    )
     registry = aligned["registry"]
-    quarantined = Counter(data["counts"]["quarantined"])
+    documents = dataset.info["counts"]["documents"]
+    quarantined = Counter(documents["quarantined"])
     summary = {
         "dataset version (DVC md5)": md5,
-        "documents kept / quarantined": f"{data['counts']['kept']} / {quarantined.total()} ("
+        "documents kept / quarantined": f"{documents['kept']} / {quarantined.total()} ("
         + ", ".join(f"{reason} {count}" for reason, count in quarantined.most_common()) + ")",
         "tokenizer": f"{tok['chosen']} ({tok['rule']})",
         "ladder fit": ", ".join(f"{k}={v:.4g}" for k, v in ladder["fit"].items()),
         "ladder self-check error (top rung)": f"{ladder['self_check_rel_error']:+.2%}",
         "target prediction": f"{ladder['prediction']['loss']:.4f} [{ladder['prediction']['low']:.4f}, {ladder['prediction']['high']:.4f}]",
         "target actual": f"{pre['final_val_loss']:.4f}",
-        "scaling gate": f"{scaling['status']} ({scaling['rel_error']:+.2%})",
+        "scaling gate": f"{scaling_release.status} ({scaling['rel_error']:+.2%})",
         "base model gate": verdict_line(base),
         "held-out task score (base / SFT / DPO)": " / ".join(f"{row[ACCURACY]:.4f}" for row in aligned["table"]),
         "alignment": f"reward margin {aligned['reward_margin']:+.4f}, within tax bound: {aligned['passed_tax_bound']}",

@@ -10,7 +10,7 @@ from ladder import progress
 from ladder.config import load
 from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
-from tasks.data.version import dataset_version
+from tasks.data.dataset import resolve_dataset
 from tasks.tokenizer.stage import SHARDS_DIR, TOKENIZER_DIR, pack_shards, publish, train_and_select
 
 
@@ -25,9 +25,10 @@ def tokenizer_flow(
     progress.start("tokenizer")
     ws = Workspace.from_env()
     cfg = load(ProjectConfig, profile, overrides or []).tokenizer
-    md5 = dataset_md5 or dataset_version(ws)
-    tokenizer, tokenizer_cached = train_and_select(ws, cfg.training(), md5)
-    shards, shards_cached = pack_shards(ws, cfg.packing, md5, tokenizer)
+    dataset = resolve_dataset(ws, dataset_md5)
+    md5 = dataset.md5
+    tokenizer, tokenizer_cached = train_and_select(ws, cfg.training(), dataset)
+    shards, shards_cached = pack_shards(ws, cfg.packing, dataset, tokenizer)
     cached = tokenizer_cached and shards_cached
     report = publish(ws, cfg, md5, tokenizer, shards, log_to_mlflow=not cached)
     summary = {

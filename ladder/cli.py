@@ -205,6 +205,31 @@ def data_version(
         console.print(f"dataset {version.md5}: already recorded, nothing emitted")
 
 
+@app.command()
+def verify(
+    stage: Annotated[str | None, typer.Argument(help="Only this stage's artifacts (e.g. tokenizer); default: every stage.")] = None,
+) -> None:
+    """Re-hash every file of every artifact against its manifest; name each file that differs, exit 1 if any does."""
+    from rich.markup import escape
+
+    try:
+        checked = _workspace().store().verify(stage)
+    except ValueError as err:
+        console.print(f"[red]verify failed:[/] {escape(str(err))}")
+        raise typer.Exit(1) from None
+    # soft_wrap: paths and file names stay whole on one line, for copying and grepping.
+    for path, differences in checked.items():
+        status = "[red]differs[/]" if differences else "[green]ok[/]"
+        console.print(f"{status} {escape(str(path))}", soft_wrap=True)
+        for line in differences:
+            console.print(f"  {line}", markup=False, soft_wrap=True)
+    differing = [path for path, differences in checked.items() if differences]
+    console.print(f"artifacts checked {len(checked)}, {len(differing)} differ from their manifests")
+    if differing:
+        console.print("delete a differing artifact's directory to rebuild it on the next run", markup=False)
+        raise typer.Exit(1)
+
+
 class _RichDisplay:
     """Stage-by-stage progress bars: a spinner while a stage runs, its time and outcome when done."""
 
@@ -224,8 +249,17 @@ class _RichDisplay:
 
 
 @app.command()
-def run(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun = False) -> None:
-    """Run the whole pipeline on the configured corpus (the example corpus by default)."""
+def run(
+    profile: Profile = "tiny",
+    overrides: Overrides = None,
+    dry_run: DryRun = False,
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", help="Train this dataset version (a DVC md5 ending in .dir, pulled from the remote if "
+                     "not here) instead of curating the configured corpus."),
+    ] = None,
+) -> None:
+    """Run the whole pipeline on the configured corpus (the example corpus by default), or on one dataset version."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from flows.pipeline import pipeline_flow
@@ -238,7 +272,7 @@ def run(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun 
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console)
     try:
         with bar, progress.showing(_RichDisplay(bar)):
-            summary = pipeline_flow(profile=profile, overrides=overrides or [])
+            summary = pipeline_flow(profile=profile, overrides=overrides or [], dataset_md5=dataset)
     except ValueError as err:
         console.print(f"[red]pipeline stopped:[/] {err}")
         raise typer.Exit(1) from None
@@ -287,8 +321,12 @@ def lineage(
     ref: Annotated[str, typer.Argument(help="NAME@ALIAS (e.g. ladder-tiny@champion) or NAME/VERSION.")],
 ) -> None:
     """Print where a registered model version came from: data, tokenizer, ladder, training, alignment, eval, flow run."""
+    from ladder.lineage import render
     from tasks.evals import lineage as chain
     from tasks.evals import registry
+
+    # MLflow's download progress bar would land among the lines printed below.
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 
     try:
         found = registry.resolve(ref)
@@ -297,9 +335,9 @@ def lineage(
         raise typer.Exit(1) from None
     _show(ref, registry.version_summary(found, registry.aliases_of(found.name, found.version)))
     # One unwrapped line per link, so ids and URLs stay whole for copying and grepping.
-    console.print("[bold]lineage[/]")
-    for key, value in chain.from_tags(found.tags).items():
-        console.print(f"  {key}: {value}", markup=False, soft_wrap=True)
+    console.print("[bold]lineage[/] (artifact version: config hash, code fingerprint, MLflow run, Prefect flow run)")
+    for line in render(chain.load(found.run_id)):
+        console.print(f"  {line}", markup=False, soft_wrap=True)
     console.print("[bold]gate reasons[/]")
     for reason in registry.reasons(found):
         console.print(f"  {reason}", markup=False, soft_wrap=True)

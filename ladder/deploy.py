@@ -134,6 +134,7 @@ def worker_command(pool: str = LOCAL_POOL) -> str:
 
 def runner_deployments(names: list[str] | None = None, prefect_file: Path = PREFECT_FILE) -> list[RunnerDeployment]:
     """The deployments of ``prefect_file`` as in-process runner deployments (for ``serve``)."""
+    from prefect.deployments.runner import EntrypointType
     from prefect.events import DeploymentTriggerTypes
     from prefect.flows import load_flow_from_entrypoint
     from prefect.schedules import Cron
@@ -156,6 +157,9 @@ def runner_deployments(names: list[str] | None = None, prefect_file: Path = PREF
                     Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True)) for s in schedules
                 ],
                 triggers=[trigger_adapter.validate_python(t) for t in spec.get("triggers") or []],
+                # By file path, the runner would put flows/ first on sys.path, where flows/ladder.py
+                # shadows the ladder package: load flows by module, as `ladder deploy` does.
+                entrypoint_type=EntrypointType.MODULE_PATH,
             )
         )
     return deployments

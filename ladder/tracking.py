@@ -19,6 +19,9 @@ from ladder.config import Section
 from ladder.workspace import Workspace
 
 EXPERIMENT = "ladder"
+# Every artifact a run produced, "stage:version,...": how lineage finds the run behind an artifact.
+PRODUCED_TAG = "ladder.artifacts"
+PREFECT_RUN_TAG = "ladder.prefect_flow_run_id"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -52,11 +55,14 @@ def stage_run(
     artifact: Artifact | None = None,
     tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
+    produces: list[tuple[str, str]] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run for one stage, carrying the lineage every run must have.
 
     Inside another stage's run (a ladder rung inside the ladder run) it becomes a child run;
-    ``parent_run_id`` names the parent where the active run is another thread's.
+    ``parent_run_id`` names the parent where the active run is another thread's. The run is
+    recorded as the producer of ``artifact`` and of every ``(stage, version)`` in ``produces``
+    (an artifact whose version is known before it is built, or a second one the run made).
     """
     exp = experiment_id(ws)
     nested = parent_run_id is None and mlflow.active_run() is not None
@@ -64,7 +70,11 @@ def stage_run(
         mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config.to_dict()).items()})
         mlflow.log_param("config_hash", config.hash())
         mlflow.log_text(config.to_yaml(), "config.yaml")
-        lineage = {"ladder.stage": stage, "ladder.git_commit": ws.git_commit()}
+        lineage = {"ladder.stage": stage, "ladder.git_commit": ws.git_commit(), **prefect_flow_run()}
+        made = [(artifact.stage, artifact.version)] if artifact is not None else []
+        made += produces or []
+        if made:
+            lineage[PRODUCED_TAG] = ",".join(f"{s}:{v}" for s, v in made)
         if artifact is not None:
             lineage["ladder.artifact_version"] = artifact.version
             lineage["ladder.artifact_path"] = str(artifact.path)
@@ -73,3 +83,23 @@ def stage_run(
         lineage.update(tags or {})
         mlflow.set_tags(lineage)
         yield run
+
+
+def prefect_flow_run() -> dict[str, str]:
+    """The tag naming the current Prefect flow run (none outside a flow run)."""
+    from prefect.runtime import flow_run
+
+    return {PREFECT_RUN_TAG: str(flow_run.id)} if flow_run.id else {}
+
+
+def producing_run(ws: Workspace, version: str) -> dict[str, str]:
+    """The MLflow run and Prefect flow run that produced the artifact ``version`` (the first, if rebuilt)."""
+    runs = MlflowClient().search_runs(
+        [experiment_id(ws)],
+        filter_string=f"tags.`{PRODUCED_TAG}` LIKE '%:{version}%'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    if not runs:
+        return {}
+    return {"mlflow_run": runs[0].info.run_id, "prefect_flow_run": runs[0].data.tags.get(PREFECT_RUN_TAG, "")}

@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ladder.artifacts import ArtifactStore
+
 
 @dataclass(frozen=True)
 class Workspace:
@@ -33,6 +35,10 @@ class Workspace:
     @property
     def artifacts(self) -> Path:
         return self.state / "artifacts"
+
+    def store(self) -> ArtifactStore:
+        """The artifact store of this root; manifests it writes record the git commit for people to read."""
+        return ArtifactStore(self.artifacts, git_commit=self.git_commit())
 
     @property
     def data(self) -> Path:

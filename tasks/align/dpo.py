@@ -17,7 +17,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import ArtifactStore, StageOutput
+from ladder.artifacts import Code, StageOutput
 from ladder.workspace import Workspace
 from tasks.align.checkpoints import ModelRef, load_model
 from tasks.align.config import DPOSettings
@@ -26,6 +26,7 @@ from tasks.align.preferences import Pair, PreferenceSet
 from tasks.align.training import lora_config, quiet, train_and_save, trainer_arguments
 
 STAGE = "dpo"
+CODE = Code(("tasks.align", "models"), ("trl", "transformers", "torch", "peft"))
 
 
 def preference_rows(pairs: list[Pair]) -> list[dict[str, Any]]:
@@ -76,9 +77,11 @@ def run_dpo(policy_dir: Path, pairs: list[Pair], cfg: DPOSettings, out: Path) ->
 @task(name="train-dpo", cache_policy=NO_CACHE)
 def train_dpo(ws: Workspace, cfg: DPOSettings, policy: ModelRef, preferences: PreferenceSet) -> ModelRef:
     """The DPO model of this policy, its preference pairs and config (trained once, then a cache hit)."""
-    store = ArtifactStore(ws.artifacts, code_version=ws.git_commit())
+    store = ws.store()
     inputs = {"policy": policy.version, "preferences": preferences.version}
-    artifact, _ = store.run_stage(STAGE, cfg, inputs, lambda out: run_dpo(policy.model_dir, preferences.pairs(), cfg, out))
+    artifact, _ = store.run_stage(
+        STAGE, cfg, inputs, lambda out: run_dpo(policy.model_dir, preferences.pairs(), cfg, out), code=CODE
+    )
     return ModelRef.of_artifact(artifact)
 
 

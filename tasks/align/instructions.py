@@ -33,14 +33,21 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import Artifact, ArtifactStore, StageOutput, file_sha256, write_jsonl
+from ladder.artifacts import Artifact, Code, StageOutput, file_sha256, write_jsonl
 from ladder.workspace import Workspace
 from tasks.align.config import InstructionConfig
+from tasks.data.dataset import Dataset
 from tasks.data.document import Document, iter_split
 from tasks.evals.contamination import NgramIndex, build_index, overlaps, train_index, word_count
 from tasks.evals.suite import lines_of
 
 STAGE = "instructions"
+# Named module by module, not by package: SFT, preferences and DPO take this artifact's version as
+# an input, so an edit to the trainers or to the eval gate must not make a new one and retrain them.
+CODE = Code(
+    ("tasks.align.instructions", "tasks.evals.suite", "tasks.evals.contamination", "tasks.data.document", "tasks.data.minhash"),
+    ("numpy", "xxhash"),
+)
 TRAIN_JSONL = "train.jsonl"
 HELDOUT_JSONL = "heldout.jsonl"
 DROPPED_JSONL = "dropped.jsonl"
@@ -465,17 +472,17 @@ class InstructionSet:
 
 @task(name="build-instructions", cache_policy=NO_CACHE)
 def build_instructions(
-    ws: Workspace, cfg: InstructionConfig, dataset_md5: str, eval_splits: list[str], ngram: int
+    ws: Workspace, cfg: InstructionConfig, dataset: Dataset, eval_splits: list[str], ngram: int
 ) -> InstructionSet:
     """The instruction items of this dataset version and config (built once, then a cache hit).
 
     ``eval_splits`` and ``ngram`` are the eval stage's (``evals.suite``): its held-out splits
     and its contamination n-gram length, so both stages apply one check.
     """
-    store = ArtifactStore(ws.artifacts, code_version=ws.git_commit())
-    inputs = {"dataset": dataset_md5, "eval_splits": ",".join(sorted(set(eval_splits))), "ngram": str(ngram),
+    store = ws.store()
+    inputs = {"dataset": dataset.md5, "eval_splits": ",".join(sorted(set(eval_splits))), "ngram": str(ngram),
               **user_file_versions(cfg)}
     artifact, _ = store.run_stage(
-        STAGE, cfg, inputs, lambda out: build_instruction_files(ws.data, cfg, eval_splits, ngram, out)
+        STAGE, cfg, inputs, lambda out: build_instruction_files(dataset.path, cfg, eval_splits, ngram, out), code=CODE
     )
     return InstructionSet(artifact)

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import Artifact, ArtifactStore, StageOutput, write_jsonl
+from ladder.artifacts import Artifact, Code, StageOutput, write_jsonl
 from ladder.workspace import Workspace
 from tasks.align.checkpoints import ModelRef, load_model
 from tasks.align.config import SamplingConfig
@@ -26,6 +26,8 @@ from tasks.align.instructions import InstructionSet, Item
 from tasks.align.rewards import reward_for
 
 STAGE = "preferences"
+# The rewards that rank the samples split words with tasks.data.minhash.
+CODE = Code(("tasks.align", "tasks.data.minhash", "models"), ("transformers", "torch", "peft"))
 SAMPLES_JSONL = "samples.jsonl"
 PAIRS_JSONL = "pairs.jsonl"
 TIED = "tied"
@@ -150,12 +152,12 @@ def sample_preferences(
     """
     if split not in ("train", "heldout"):
         raise ValueError(f"unknown instruction split {split!r}: use 'train' or 'heldout'")
-    store = ArtifactStore(ws.artifacts, code_version=ws.git_commit())
+    store = ws.store()
     count = cfg.prompts if split == "train" else None
     seed = cfg.seed + iteration - 1
     items = instructions.items(split)
     inputs = {"policy": policy.version, "instructions": instructions.version, "split": split, "iteration": str(iteration)}
     artifact, _ = store.run_stage(
-        STAGE, cfg, inputs, lambda out: build_preference_files(policy.model_dir, items, cfg, count, seed, out)
+        STAGE, cfg, inputs, lambda out: build_preference_files(policy.model_dir, items, cfg, count, seed, out), code=CODE
     )
     return PreferenceSet(artifact)

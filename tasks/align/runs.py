@@ -87,7 +87,9 @@ def log_training_run(
     if model.artifact is None:
         raise ValueError(f"{model.model_dir} is not a stage artifact's model: only trained models get a training run")
     artifact = model.artifact
-    with stage_run(ws, stage, settings, artifact, tags=tags, parent_run_id=parent_run_id) as run:
+    # The preference pairs a DPO round trained on have no run of their own: this one made them.
+    produces = [(preferences.artifact.stage, preferences.artifact.version)] if preferences is not None else []
+    with stage_run(ws, stage, settings, artifact, tags=tags, parent_run_id=parent_run_id, produces=produces) as run:
         mlflow.log_metrics({k: float(v) for k, v in artifact.metrics.items() if isinstance(v, int | float)})
         for record in json.loads(artifact.file(LOG_HISTORY).read_text()):
             # TRL's num_tokens sums the attention mask: with the 4D packing mask that counts (query, key) pairs.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import ArtifactStore, StageOutput
+from ladder.artifacts import Code, StageOutput
 from ladder.workspace import Workspace
 from models.llama import IGNORE_INDEX
 from tasks.align.checkpoints import ModelRef, load_model
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from trl import SFTTrainer
 
 STAGE = "sft"
+CODE = Code(("tasks.align", "models"), ("trl", "transformers", "torch", "peft"))
 
 
 def sft_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], cfg: SFTSettings,
@@ -89,9 +90,13 @@ def run_sft(base_dir: Path, items: list[Item], replay: list[str], cfg: SFTSettin
 @task(name="train-sft", cache_policy=NO_CACHE)
 def train_sft(ws: Workspace, cfg: SFTSettings, base: ModelRef, instructions: InstructionSet) -> ModelRef:
     """The SFT model of this base model, instruction set and config (trained once, then a cache hit)."""
-    store = ArtifactStore(ws.artifacts, code_version=ws.git_commit())
+    store = ws.store()
     inputs = {"base_model": base.version, "instructions": instructions.version}
     artifact, _ = store.run_stage(
-        STAGE, cfg, inputs, lambda out: run_sft(base.model_dir, instructions.items("train"), instructions.replay(), cfg, out)
+        STAGE,
+        cfg,
+        inputs,
+        lambda out: run_sft(base.model_dir, instructions.items("train"), instructions.replay(), cfg, out),
+        code=CODE,
     )
     return ModelRef.of_artifact(artifact)

@@ -26,7 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from ladder.artifacts import Artifact, ArtifactStore, StageOutput
+from ladder.artifacts import Artifact, Code, StageOutput
 from ladder.workspace import Workspace
 from tasks.data.config import DataConfig
 from tasks.data.corpus import InputFile
@@ -38,6 +38,8 @@ from tasks.data.quality import quality_gate, row_stats
 from tasks.data.split import split_and_mix
 
 STAGE = "data"
+# xxhash decides exact and near duplicates, repeated paragraphs and which split a document lands in.
+CODE = Code(("tasks.data",), ("great_expectations", "pyarrow", "pandas", "numpy", "xxhash"))
 DATA_FILES = ("curated", "quarantine.jsonl", "dataset.json")
 QUALITY_DIR = "quality"
 
@@ -148,9 +150,8 @@ def _share(counts: dict[str, Any]) -> float:
 @task(name="data-curate", cache_policy=NO_CACHE)  # the artifact store is the cache
 def curate(ws: Workspace, cfg: DataConfig, files: list[InputFile], corpus: str) -> tuple[Artifact, bool]:
     """The data artifact for (corpus, config): built once, then a cache hit that does no work."""
-    store = ArtifactStore(ws.artifacts, code_version=ws.git_commit())
-    artifact, cached = store.run_stage(
-        STAGE, cfg, {"corpus": corpus}, lambda out: build_dataset(out, files, cfg, corpus)
+    artifact, cached = ws.store().run_stage(
+        STAGE, cfg, {"corpus": corpus}, lambda out: build_dataset(out, files, cfg, corpus), code=CODE
     )
     docs = artifact.counts["documents"]
     get_run_logger().info(

@@ -33,14 +33,14 @@ from tasks.data.quality import DATA_DOCS_INDEX, RESULTS_JSON
 STAMPS = "dvc-md5.json"
 
 
-def run_dvc(ws: Workspace, *args: str) -> str:
-    """Run the venv's ``dvc`` in the workspace root; a failure raises with DVC's own message."""
+def run_dvc(cwd: Path, *args: str) -> str:
+    """Run the venv's ``dvc`` in ``cwd`` (a DVC project's root); a failure raises with DVC's own message."""
     cmd = [str(Path(sys.executable).parent / "dvc"), *args]
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run(cmd, cwd=ws.root, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         message = (done.stderr or done.stdout).strip()[-2000:]
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed in {ws.root}: {message}")
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed in {cwd}: {message}")
     return done.stdout
 
 
@@ -106,8 +106,8 @@ def version_dataset(ws: Workspace, artifact: Artifact) -> str:
     if known and dvc_md5(ws) == known and _same_file(ws.data / "dataset.json", artifact.file("dataset.json")):
         return known
     materialize(artifact, ws.data)
-    run_dvc(ws, "add", "-q", ws.data.name)
-    run_dvc(ws, "push", "-q", ws.data_dvc.name)
+    run_dvc(ws.root, "add", "-q", ws.data.name)
+    run_dvc(ws.root, "push", "-q", ws.data_dvc.name)
     md5 = dvc_md5(ws)
     if not md5:
         raise RuntimeError(f"`dvc add` left no md5 in {ws.data_dvc}")

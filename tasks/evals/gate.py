@@ -9,13 +9,16 @@ Checks, all of which must pass for promotion:
 - **alignment tax** (only for an aligned model, given its base model's table): each named
   metric is no worse than the base model's by more than its bound;
 - **scaling-law prediction** (when the scaling stage's decision is given): that decision,
-  blocking or advisory as the policy says.
+  blocking or advisory as the policy says (see :class:`ScalingGate`).
+
+A check that found a failure but does not block says why (``waiver``: overridden by a person,
+or advisory by policy), so a report never shows a waived failure as a plain pass.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from prefect import task
@@ -29,19 +32,32 @@ REGRESSION = "regression"
 ALIGNMENT_TAX = "alignment_tax"
 SCALING = "scaling_prediction"
 
+# The scaling-law gate's outcomes, as the release gate and the registry record them.
+PASSED = "passed"
+FAILED = "failed"
+OVERRIDDEN = "overridden"
+ADVISORY = "advisory"
+SCALING_STATUSES = (PASSED, FAILED, OVERRIDDEN, ADVISORY)
+
 
 @dataclass(frozen=True)
 class Check:
-    """One rule applied to one metric (or to the whole candidate), and what it found."""
+    """One rule applied to one metric (or to the whole candidate), and what it found.
+
+    ``waiver`` is set on a check that found a failure but does not block (``passed`` is then
+    True): ``overridden`` or ``advisory``; its line then says so instead of PASS.
+    """
 
     rule: str
     metric: str | None
     passed: bool
     detail: str
+    waiver: str = ""
 
     def line(self) -> str:
         subject = f" {self.metric}" if self.metric else ""
-        return f"{'PASS' if self.passed else 'FAIL'} {self.rule}{subject}: {self.detail}"
+        outcome = self.waiver.upper() if self.waiver else ("PASS" if self.passed else "FAIL")
+        return f"{outcome} {self.rule}{subject}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -110,17 +126,87 @@ def alignment_tax_check(table: MetricTable, base: MetricTable, name: str, bound:
     return Check(ALIGNMENT_TAX, name, ok, f"aligned {aligned.value:.4f} vs base {before.value:.4f}: tax {tax:+.4f}, bound {bound:g}")
 
 
+@dataclass(frozen=True)
+class ScalingGate:
+    """The scaling-law gate's outcome on the target run, as the pipeline passes it to the release gate.
+
+    ``status``: ``passed``; ``failed`` (the run missed its prediction and the policy requires
+    the gate: the pipeline stops, the release gate rejects); ``overridden`` (it missed, and a
+    person let it through with ``ladder.override_gate``: ``override_reason`` says why);
+    ``advisory`` (it missed, and the policy ``evals.gate.scaling_gate=advisory`` only reports it).
+    Between flows it travels as the plain dict of :meth:`to_dict`.
+    """
+
+    status: str
+    reasons: list[str]
+    override_reason: str = ""
+    prediction: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in SCALING_STATUSES:
+            raise ValueError(f"scaling gate status {self.status!r} is not one of {SCALING_STATUSES}")
+        if (self.status == OVERRIDDEN) != bool(self.override_reason.strip()):
+            raise ValueError(
+                f"scaling gate status {self.status!r} with override_reason {self.override_reason!r}: an overridden "
+                "gate needs the reason it was overridden for (ladder.override_reason), and only an overridden one has one"
+            )
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ScalingGate:
+        """The outcome from its dict form, refusing a dict with missing or unknown fields."""
+        known = {f.name for f in fields(cls)}
+        missing, unknown = {"status", "reasons"} - set(raw), set(raw) - known
+        if missing or unknown:
+            raise ValueError(
+                f"the scaling gate input needs the fields {sorted(known)} (status and reasons required); "
+                f"missing {sorted(missing)}, unknown {sorted(unknown)}: pass ScalingGate.to_dict()"
+            )
+        return cls(**{**raw, "reasons": [str(r) for r in raw["reasons"]]})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict a flow parameter carries."""
+        return asdict(self)
+
+    def under(self, mode: str) -> ScalingGate:
+        """This outcome under the policy's ``scaling_gate`` mode: a miss is advisory or failed as the policy says.
+
+        The policy in force decides, whatever the caller marked a miss; a pass and a person's
+        override stay as they are.
+        """
+        if self.status not in (FAILED, ADVISORY):
+            return self
+        return replace(self, status=ADVISORY if mode == ADVISORY else FAILED)
+
+    @property
+    def blocks(self) -> bool:
+        """Whether the pipeline stops here and the release gate rejects."""
+        return self.status == FAILED
+
+
+def scaling_outcome(target: dict[str, Any], policy: GatePolicy) -> ScalingGate:
+    """The scaling stage's decision on the target run (``target_gate``'s result) under the release policy.
+
+    Whether the pipeline goes on: a pass and an override (``ladder.override_gate``, kept with its
+    reason) do; a miss goes on as advisory under ``evals.gate.scaling_gate=advisory`` and stops
+    the pipeline (:attr:`ScalingGate.blocks`) under ``required``.
+    """
+    outcome = ScalingGate(target["status"], list(target["reasons"]), target["override_reason"], target["prediction"])
+    return outcome.under(policy.scaling_gate)
+
+
 def scaling_check(scaling_gate: dict[str, Any], mode: str) -> Check:
-    """The scaling stage's decision (``passed``, ``reasons``; ``override`` if a person overrode it)."""
-    if "passed" not in scaling_gate:
-        raise ValueError(f"the scaling gate input needs a 'passed' field (the scaling stage's decision), got {sorted(scaling_gate)}")
-    passed = bool(scaling_gate["passed"])
-    reasons = "; ".join(str(r) for r in scaling_gate.get("reasons", [])) or "no reasons given"
-    if not passed and scaling_gate.get("override"):
-        return Check(SCALING, None, True, f"failed but overridden ({scaling_gate['override']}): {reasons}")
-    if not passed and mode == "advisory":
-        return Check(SCALING, None, True, f"failed (advisory only, policy scaling_gate=advisory): {reasons}")
-    return Check(SCALING, None, passed, f"{'passed' if passed else 'failed'}: {reasons}")
+    """The scaling-law gate's outcome (a :class:`ScalingGate` dict) under the policy's ``scaling_gate`` mode.
+
+    A pass passes; an override passes, reported as overridden with its reason; a miss is
+    reported as advisory under ``advisory`` and fails the check under ``required``.
+    """
+    outcome = ScalingGate.from_dict(scaling_gate).under(mode)
+    reasons = "; ".join(outcome.reasons) or "no reasons given"
+    if outcome.status == OVERRIDDEN:
+        return Check(SCALING, None, True, f"missed its prediction, overridden ({outcome.override_reason}): {reasons}", OVERRIDDEN)
+    if outcome.status == ADVISORY:
+        return Check(SCALING, None, True, f"missed its prediction (policy scaling_gate=advisory): {reasons}", ADVISORY)
+    return Check(SCALING, None, outcome.status == PASSED, f"{outcome.status}: {reasons}")
 
 
 def judge(
@@ -191,7 +277,7 @@ def report_markdown(
 ) -> str:
     """The gate's report: outcome, what was compared, every check with its reason, the table, the policy."""
     checks = "\n".join(
-        f"| {'✅' if c.passed else '❌'} | {c.rule} | {c.metric or '—'} | {c.detail} |"
+        f"| {'⚠️ ' + c.waiver if c.waiver else '✅' if c.passed else '❌'} | {c.rule} | {c.metric or '—'} | {c.detail} |"
         for c in sorted(decision.checks, key=lambda c: c.passed)
     )
     return "\n".join(

@@ -1,116 +1,129 @@
-"""Where a model version came from: the chain of versions and runs behind it, as registry tags.
+"""Where a model version came from: the walk of its manifest chain, logged once on the version.
 
-Every link is a ``ladder.lineage.<key>`` tag on the model version. Links the evaluate flow can
-find by itself are found: the data and tokenizer runs are the latest MLflow runs of those
-stages for the same dataset md5; the rest (ladder run, alignment runs, ...) are passed in by
-the flow that produced the model. A link nobody knows is recorded as ``unknown``, so a
-missing link is visible rather than absent.
+The tree (see :mod:`ladder.lineage`) starts at the evaluation and holds the model's artifact
+and everything it was built from (for an aligned model: DPO, its preference pairs, SFT, the
+instruction set, the base model, its shards and tokenizer), the eval suite, and what the
+calling flow adds (the ladder fit the target was predicted by, the scaling gate's decision),
+down to the dataset's DVC md5, the data artifact and the raw corpus's content hash. It is
+logged as ``lineage.json`` in the eval run (the version's source run); a few links are
+copied into ``ladder.lineage.*`` tags so versions can be searched by them.
 """
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 from typing import Any
 
-from ladder.tracking import experiment_id
+from ladder import lineage
+from ladder.artifacts import Artifact
+from ladder.lineage import Node
+from ladder.tracking import producing_run
 from ladder.workspace import Workspace
+from tasks.data.dataset import resolve_dataset
 from tasks.data.version import dvc_remote
 
 PREFIX = "ladder.lineage."
-UNKNOWN = "unknown"
-
-# The chain in the order a reader follows it, with what each link names.
-CHAIN = {
-    "git_commit": "commit of the code that built and evaluated the model",
-    "dataset_md5": "DVC md5 of the curated dataset (data.dvc outs[0].md5)",
-    "dvc_remote": "DVC remote holding that dataset version",
-    "data_run": "MLflow run of the data stage for that dataset",
-    "data_quality_report": "Great Expectations Data Docs of that dataset's quality gate",
-    "tokenizer_run": "MLflow run of the tokenizer stage for that dataset",
-    "tokenizer_version": "artifact version of the chosen tokenizer",
-    "ladder_run": "MLflow run of the scaling-law ladder",
-    "scaling_prediction": "the ladder's predicted loss for this run, with its interval",
-    "scaling_gate": "the scaling-law prediction gate's decision",
-    "training_runs": "MLflow run(s) that trained the model",
-    "alignment_runs": "MLflow runs of alignment (SFT, DPO) that produced it",
-    "eval_run": "MLflow run of this evaluation (results, samples, gate report)",
-    "eval_suite": "artifact version of the eval suite it was scored on",
-    "prefect_flow_run_id": "Prefect flow run that evaluated and registered it",
-    "prefect_flow_run_url": "that flow run in the Prefect UI",
-}
+LINEAGE_JSON = "lineage.json"
+DATASET_INPUT = "dataset"
 
 
-def latest_stage_run(ws: Workspace, stage: str, dataset_md5: str) -> Any | None:
-    """The most recent MLflow run of ``stage`` for this dataset version, or None."""
-    from mlflow.tracking import MlflowClient
+def dataset_node(ws: Workspace, md5: str) -> Node:
+    """A dataset version: the DVC remote holding it and, below it, the data artifact or the raw corpus hash."""
+    dataset = resolve_dataset(ws, md5)
+    node: Node = {"value": md5, "dvc_remote": dvc_remote(ws), "source": dataset.source}
+    data = lineage.containing(ws.store(), str(dataset.path))
+    if data is not None:
+        node["inputs"] = {"data": lineage.walk(ws.store(), data, _runs(ws))}
+    else:  # pulled from the remote: the dataset itself records what it was curated from
+        node["inputs"] = {"corpus": {"value": dataset.corpus}}
+    return node
 
-    runs = MlflowClient().search_runs(
-        [experiment_id(ws)],
-        filter_string=f"tags.`ladder.stage` = '{stage}' and tags.`ladder.data.md5` = '{dataset_md5}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
 
-
-def prefect_flow_run() -> dict[str, str]:
-    """The current Prefect flow run's id and UI link (empty outside a flow run)."""
-    from prefect.runtime import flow_run
-
-    found = {}
-    if flow_run.id:
-        found["prefect_flow_run_id"] = str(flow_run.id)
-        # Without a configured UI the runtime still formats a link, starting with "None".
-        if str(flow_run.ui_url).startswith("http"):
-            found["prefect_flow_run_url"] = str(flow_run.ui_url)
-    return found
+def _runs(ws: Workspace) -> lineage.Runs:
+    return lambda version: producing_run(ws, version)
 
 
 def collect(
     ws: Workspace,
-    dataset_md5: str,
+    model_dir: Path,
     training_run_id: str | None,
     eval_run_id: str,
-    suite_version: str,
+    suite: Artifact,
     scaling_gate: dict[str, Any] | None = None,
     extra: dict[str, str] | None = None,
-) -> dict[str, str]:
-    """Every link of the chain this process can know, ``extra`` (from the calling flow) taking precedence."""
-    links: dict[str, str] = {
-        "git_commit": ws.git_commit(),
-        "dataset_md5": dataset_md5,
-        "dvc_remote": dvc_remote(ws),
-        "eval_run": eval_run_id,
-        "eval_suite": suite_version,
-        **prefect_flow_run(),
+) -> Node:
+    """The model's tree. ``extra`` maps names to artifact versions the caller knows (``ladder``): each is walked too.
+
+    ``training_run_id`` is the caller's word for a model from outside the store, which has no manifest.
+    """
+    from prefect.runtime import flow_run
+
+    store = ws.store()
+    runs = _runs(ws)
+
+    def expand(name: str, value: str) -> Node | None:
+        return dataset_node(ws, value) if name == DATASET_INPUT else None
+
+    model = lineage.containing(store, str(model_dir))
+    inputs: dict[str, Node] = {
+        # A checkpoint from outside the store has no manifest chain: its path is all that is known.
+        "model": lineage.walk(store, model, runs, expand) if model
+        else {"value": str(model_dir), "mlflow_run": training_run_id or ""},
+        "eval_suite": lineage.walk(store, suite, runs, expand),
     }
-    if training_run_id:
-        links["training_runs"] = training_run_id
-    data_run = latest_stage_run(ws, "data", dataset_md5)
-    if data_run is not None:
-        links["data_run"] = data_run.info.run_id
-        links["data_quality_report"] = f"{data_run.info.artifact_uri}/data_docs/index.html"
-    tokenizer_run = latest_stage_run(ws, "tokenizer", dataset_md5)
-    if tokenizer_run is not None:
-        links["tokenizer_run"] = tokenizer_run.info.run_id
-        links["tokenizer_version"] = tokenizer_run.data.tags.get("ladder.artifact_version", UNKNOWN)
+    for name, version in sorted((extra or {}).items()):
+        found = lineage.find(store, version)
+        inputs[name] = lineage.walk(store, found, runs, expand) if found else {"value": version}
     if scaling_gate is not None:
-        links["scaling_gate"] = json.dumps({k: v for k, v in scaling_gate.items() if k != "prediction"}, sort_keys=True, default=str)
-        if "prediction" in scaling_gate:
-            links["scaling_prediction"] = json.dumps(scaling_gate["prediction"], sort_keys=True, default=str)
-    for key, value in (extra or {}).items():
-        if not key.replace("_", "").isalnum():
-            raise ValueError(f"lineage key {key!r} must be letters, digits and underscores (e.g. ladder_run)")
-        links[key] = str(value)
-    return {**{key: links.get(key, UNKNOWN) for key in CHAIN}, **{k: v for k, v in sorted(links.items()) if k not in CHAIN}}
+        inputs["scaling_gate"] = {"value": scaling_gate.get("status", "unknown"),
+                                  **{k: str(v) for k, v in sorted(scaling_gate.items()) if k != "status"}}
+    return {
+        "value": f"evaluation run {eval_run_id}",
+        "eval_run": eval_run_id,
+        "git_commit": ws.git_commit(),
+        "prefect_flow_run": str(flow_run.id) if flow_run.id else "",
+        "inputs": inputs,
+    }
 
 
-def to_tags(links: dict[str, str]) -> dict[str, str]:
-    return {f"{PREFIX}{key}": value for key, value in links.items()}
+def _first(tree: Node, key: str, value: str) -> Node | None:
+    return next((node for node in lineage.nodes(tree) if node.get(key) == value), None)
 
 
-def from_tags(tags: dict[str, str]) -> dict[str, str]:
-    """The chain recorded on a model version, in chain order, extra links after."""
-    links = {key.removeprefix(PREFIX): value for key, value in tags.items() if key.startswith(PREFIX)}
-    ordered = {key: links.pop(key) for key in CHAIN if key in links}
-    return {**ordered, **dict(sorted(links.items()))}
+def to_tags(tree: Node) -> dict[str, str]:
+    """The searchable links: dataset md5, raw corpus, the model's artifact and training run, suite, ladder, scaling gate."""
+    model = tree["inputs"]["model"]
+    tags = {
+        "model_artifact": f"{model['stage']}:{model['version']}" if "stage" in model else model["value"],
+        "training_runs": model.get("mlflow_run", ""),
+        "eval_suite": tree["inputs"]["eval_suite"]["version"],
+        "git_commit": tree["git_commit"],
+        "prefect_flow_run_id": tree["prefect_flow_run"],
+    }
+    datasets = [n for n in lineage.nodes(tree) if "dvc_remote" in n]
+    if datasets:
+        tags["dataset_md5"] = datasets[0]["value"]
+    data = _first(tree, "stage", "data")
+    corpus = (data or {}).get("inputs", {}).get("corpus") or (datasets[0]["inputs"].get("corpus") if datasets else None)
+    if corpus:
+        tags["corpus"] = str(corpus["value"])
+    for name in ("ladder", "scaling_gate"):
+        if name in tree["inputs"]:
+            node = tree["inputs"][name]
+            tags[name] = node.get("version") or str(node["value"])
+    return {f"{PREFIX}{key}": value for key, value in tags.items() if value}
+
+
+def load(eval_run_id: str) -> Node:
+    """The tree logged with a version's evaluation."""
+    import mlflow
+
+    return mlflow.artifacts.load_dict(f"runs:/{eval_run_id}/{LINEAGE_JSON}")
+
+
+def log(eval_run_id: str, tree: Node) -> None:
+    """Log the tree once, as ``lineage.json`` in the eval run."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().log_dict(eval_run_id, tree, LINEAGE_JSON)
+

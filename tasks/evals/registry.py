@@ -1,12 +1,20 @@
 """The MLflow model registry: one registered model, a version per candidate, aliases for roles.
 
 Every candidate becomes a new version with alias ``challenger``, once: a version records what
-was judged (``ladder.gate.key``: the weights, the eval suite, the policy and its inputs), and
-the same judgement asked again returns that version instead of registering a copy. The gate's decision is
-recorded on the version (``ladder.gate.decision``, ``ladder.gate.reasons``); a version that
-passes takes alias ``champion`` from its predecessor, which keeps its version number, its
-eval run and its metrics, and is tagged with who replaced it. A manual promotion needs a
-reason, and for a version the gate rejected also an explicit override; both are tagged.
+was judged (``ladder.gate.inputs``: the weights, the eval suite, the policy and its inputs)
+and against which champion (``ladder.gate.compared_with``; both make ``ladder.gate.key``), and
+the same judgement asked again returns that version instead of registering a copy. Once that
+champion is demoted the question is a new one; a candidate that became champion is not judged
+again against itself.
+The gate's decision is recorded on the version (``ladder.gate.decision``,
+``ladder.gate.reasons``, and the scaling-law gate's outcome in ``ladder.gate.scaling``); a
+version that passes takes alias ``champion`` from its predecessor, which keeps its version
+number, its eval run and its metrics, and is tagged with who replaced it. A manual promotion
+needs a reason, and for a version the gate rejected also an explicit override; both are tagged.
+
+Two evaluations may finish at once: a decision is recorded only if the champion is still the
+version it was judged against, checked and written under :func:`champion_lock` (a
+compare-and-set); otherwise :class:`ChampionMoved` sends the candidate back to be judged again.
 
 Registry state lives in tags and aliases only, so the standard clients read it:
 ``mlflow.transformers.load_model("models:/NAME@champion")``.
@@ -15,12 +23,20 @@ Registry state lives in tags and aliases only, so the standard clients read it:
 from __future__ import annotations
 
 import getpass
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.evals.gate import Decision
+from ladder.config import content_hash
+from tasks.evals.gate import Decision, ScalingGate
 from tasks.evals.runner import MetricTable, table_from_dict
 
 if TYPE_CHECKING:
@@ -38,18 +54,35 @@ REPORT_TAG = "ladder.gate.report"
 SUITE_TAG = "ladder.eval_suite"
 SUPERSEDED_TAG = "ladder.superseded_by"
 PROMOTION_TAG = "ladder.promotion"
-KEY_TAG = "ladder.gate.key"
+INPUTS_TAG = "ladder.gate.inputs"
 COMPARED_TAG = "ladder.gate.compared_with"
+KEY_TAG = "ladder.gate.key"
+SCALING_TAG = "ladder.gate.scaling"
+SCALING_OVERRIDE_TAG = "ladder.gate.scaling.override_reason"
+
+# The champion lock (see champion_lock): a registered model named NAME + LOCK_SUFFIX.
+LOCK_SUFFIX = ".champion-lock"
+LOCK_HOLDER_TAG = "ladder.lock.holder"
+LOCK_TOKEN_TAG = "ladder.lock.token"
+LOCK_EXPIRES_TAG = "ladder.lock.expires"
+# A holder does a dozen registry calls under the lock (about a second); one still holding it
+# after a minute has crashed, and its lock may be broken.
+LOCK_TTL_S = 60.0
+# A waiter outlasts one crashed holder's expiry, then gives up with the holder's name.
+LOCK_WAIT_S = 2 * LOCK_TTL_S
+LOCK_POLL_S = 0.2
 
 METRICS_ARTIFACT = "metrics.json"
 MODEL_ARTIFACT = "model"
 # MLflow's limit on a model version tag's value; the full text is in the eval run's gate report.
 MAX_TAG_CHARS = 5000
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Champion:
-    """The current champion and the eval table it was promoted with."""
+    """A champion version and the eval table it was promoted with."""
 
     version: str
     suite_version: str
@@ -84,13 +117,10 @@ def eval_table(run_id: str) -> MetricTable:
     return table_from_dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{METRICS_ARTIFACT}"))
 
 
-def current_champion(name: str) -> Champion | None:
-    """The champion of ``name`` with its stored eval table, or None before the first promotion."""
-    version = alias_version(name, CHAMPION)
-    if version is None:
-        return None
+def read_champion(name: str, version: str) -> Champion:
+    """Version ``version`` of ``name`` as a champion: the suite it was judged on and its stored eval table."""
     found = _client().get_model_version(name, version)
-    return Champion(version, found.tags.get(SUITE_TAG, ""), eval_table(found.run_id))
+    return Champion(str(version), found.tags.get(SUITE_TAG, ""), eval_table(found.run_id))
 
 
 def _tag_text(text: str) -> str:
@@ -109,12 +139,35 @@ def register_candidate(name: str, model_uri: str, tags: dict[str, str]) -> Model
     return version
 
 
-def decided_version(name: str, key: str) -> ModelVersion | None:
-    """The version whose gate decision was made on ``key`` (see ``KEY_TAG``), or None."""
+def scaling_tags(outcome: ScalingGate) -> dict[str, str]:
+    """The scaling-law gate's outcome as searchable version tags (``tags.`ladder.gate.scaling` = 'overridden'``)."""
+    tags = {SCALING_TAG: outcome.status}
+    if outcome.override_reason:
+        tags[SCALING_OVERRIDE_TAG] = _tag_text(outcome.override_reason)
+    return tags
+
+
+def judgement_key(inputs: str, champion: str | None) -> str:
+    """The key of one gate decision: what was judged (``inputs``) against which champion version (None before the first)."""
+    return content_hash({"inputs": inputs, "champion": None if champion is None else str(champion)})
+
+
+def decided_version(name: str, inputs: str) -> ModelVersion | None:
+    """The version whose gate decision on ``inputs`` answers the question now, or None.
+
+    That is the champion itself, if it was judged on ``inputs`` (a candidate is not judged
+    against itself), or else the version judged on them against the current champion: after a
+    demotion, a candidate rejected against the demoted champion is judged again.
+    """
+    champion = alias_version(name, CHAMPION)
     versions = _client().search_model_versions(f"name = '{name}'")  # none yet: an empty list
     # A version registered by a run that died before the gate recorded its decision is not reused.
-    decided = [v for v in versions if v.tags.get(KEY_TAG) == key and DECISION_TAG in v.tags]
-    return min(decided, key=lambda v: int(v.version), default=None)
+    decided = [v for v in versions if DECISION_TAG in v.tags]
+    serving = next((v for v in decided if str(v.version) == champion and v.tags.get(INPUTS_TAG) == inputs), None)
+    if serving is not None:
+        return serving
+    key = judgement_key(inputs, champion)
+    return min((v for v in decided if v.tags.get(KEY_TAG) == key), key=lambda v: int(v.version), default=None)
 
 
 def _take_champion(name: str, version: str, previous: str | None) -> None:
@@ -126,18 +179,115 @@ def _take_champion(name: str, version: str, previous: str | None) -> None:
         client.set_model_version_tag(name, previous, SUPERSEDED_TAG, version)
 
 
-def record_decision(name: str, version: str, decision: Decision, report_uri: str) -> str:
-    """Tag the gate's verdict on ``version``; promote it if it passed. Returns its alias afterwards."""
+def _lock_tags(name: str) -> dict[str, str] | None:
+    """The tags of the lock model ``name``, or None when nobody holds it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client().get_registered_model(name).tags
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def _try_lock(lock: str, token: str, ttl_s: float) -> bool:
+    """One attempt to take ``lock``; breaks it instead when its holder's time is up (the next attempt may take it)."""
+    from mlflow.exceptions import MlflowException
+
     client = _client()
-    outcome = PROMOTED if decision.passed else REJECTED
-    client.set_model_version_tag(name, version, DECISION_TAG, outcome)
-    client.set_model_version_tag(name, version, REASONS_TAG, _tag_text("\n".join(decision.reasons)))
-    client.set_model_version_tag(name, version, REPORT_TAG, report_uri)
-    if not decision.passed:
-        return CHALLENGER
-    client.set_model_version_tag(name, version, PROMOTION_TAG, "gate")
-    _take_champion(name, version, alias_version(name, CHAMPION))
-    return CHAMPION
+    now = datetime.now(timezone.utc)
+    tags = {
+        LOCK_HOLDER_TAG: f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}",
+        LOCK_TOKEN_TAG: token,
+        LOCK_EXPIRES_TAG: (now + timedelta(seconds=ttl_s)).isoformat(timespec="milliseconds"),
+    }
+    try:
+        client.create_registered_model(lock, tags=tags, description="Held while a gate decision is recorded; not a model.")
+        return True
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    held = _lock_tags(lock)
+    if held is None or datetime.fromisoformat(held[LOCK_EXPIRES_TAG]) > now:
+        return False
+    # The rename fails for every waiter but one (the name is unique to that holding) and keeps
+    # the crashed holder's tags for whoever looks into it.
+    try:
+        client.rename_registered_model(lock, f"{lock}.expired.{held[LOCK_TOKEN_TAG]}")
+        log.warning("broke the lock %s held by %s, expired at %s", lock, held[LOCK_HOLDER_TAG], held[LOCK_EXPIRES_TAG])
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+            raise
+    return False
+
+
+@contextmanager
+def champion_lock(name: str, ttl_s: float = LOCK_TTL_S, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the mutual exclusion over ``name``'s champion alias, for every process and machine on one tracking server.
+
+    MLflow has no compare-and-set on aliases, but creating a registered model is atomic in the
+    server's database: of two creates of one name, the second fails with
+    RESOURCE_ALREADY_EXISTS. So the lock is the registered model ``NAME.champion-lock``: whoever
+    creates it holds it, and deletes it to release it. Its tags name the holder and when its
+    hold expires, so that a crashed holder cannot block forever: past that time a waiter
+    breaks the lock by renaming it to ``NAME.champion-lock.expired.TOKEN``, which stays as the
+    record of the crash. A holder still working past ``ttl_s`` could lose the lock, so
+    ``ttl_s`` must far exceed the few registry calls made under it.
+    """
+    lock, token = f"{name}{LOCK_SUFFIX}", uuid.uuid4().hex
+    deadline = time.monotonic() + wait_s
+    while not _try_lock(lock, token, ttl_s):
+        if time.monotonic() > deadline:
+            held = _lock_tags(lock) or {}
+            raise TimeoutError(
+                f"waited {wait_s:.0f}s for the champion lock of {name}: registered model {lock} is held by "
+                f"{held.get(LOCK_HOLDER_TAG, 'nobody now')} until {held.get(LOCK_EXPIRES_TAG, '-')}; try again, or if "
+                f"nothing is evaluating or promoting {name}, delete the registered model {lock}"
+            )
+        time.sleep(LOCK_POLL_S)
+    try:
+        yield
+    finally:
+        # Delete only our own hold: one that expired under us may have been broken and taken since.
+        if (_lock_tags(lock) or {}).get(LOCK_TOKEN_TAG) == token:
+            _client().delete_registered_model(lock)
+
+
+class ChampionMoved(Exception):
+    """The champion is no longer the version a decision was judged against: judge it again against ``champion``."""
+
+    def __init__(self, name: str, judged_against: str | None, champion: str | None) -> None:
+        super().__init__(f"the champion of {name} moved from {judged_against} to {champion} while the candidate was judged")
+        self.champion = champion
+
+
+def record_decision(
+    name: str, version: str, decision: Decision, report_uri: str, inputs: str, compared_with: str | None
+) -> str:
+    """Record the gate's verdict on ``version``, judged on ``inputs`` against champion ``compared_with``; promote it if it passed.
+
+    A compare-and-set under :func:`champion_lock`: the verdict is written (and the champion
+    moved) only while the champion is still ``compared_with`` (None: there was none);
+    otherwise nothing is written and :class:`ChampionMoved` names the champion to judge it
+    against now. Returns the alias the version holds afterwards.
+    """
+    client = _client()
+    compared_with = None if compared_with is None else str(compared_with)
+    with champion_lock(name):
+        champion = alias_version(name, CHAMPION)
+        if champion != compared_with:
+            raise ChampionMoved(name, compared_with, champion)
+        tags = {INPUTS_TAG: inputs, COMPARED_TAG: compared_with or "", KEY_TAG: judgement_key(inputs, compared_with),
+                REASONS_TAG: _tag_text("\n".join(decision.reasons)), REPORT_TAG: report_uri}
+        for tag, value in tags.items():
+            client.set_model_version_tag(name, version, tag, value)
+        if decision.passed:
+            client.set_model_version_tag(name, version, PROMOTION_TAG, "gate")
+            _take_champion(name, version, champion)
+        # Last: only a version with a decision is reused (decided_version), so it must be complete.
+        client.set_model_version_tag(name, version, DECISION_TAG, PROMOTED if decision.passed else REJECTED)
+    return CHAMPION if decision.passed else CHALLENGER
 
 
 def promote_manually(name: str, version: str, reason: str, override_gate: bool = False) -> ModelVersion:
@@ -165,7 +315,9 @@ def promote_manually(name: str, version: str, reason: str, override_gate: bool =
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    _take_champion(name, version, alias_version(name, CHAMPION))
+    # Under the lock, so that a gate recording at the same time sees the champion it replaced.
+    with champion_lock(name):
+        _take_champion(name, version, alias_version(name, CHAMPION))
     return client.get_model_version(name, version)
 
 

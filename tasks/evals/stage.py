@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,20 +13,22 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import ArtifactStore, file_sha256
+from ladder.artifacts import file_sha256
 from ladder.config import content_hash
 from ladder.tracking import experiment_id, stage_run
 from ladder.workspace import Workspace
 from tasks.evals import lineage, registry
 from tasks.evals.config import EvalConfig, RunConfig
-from tasks.evals.gate import Decision, report_markdown
+from tasks.evals.gate import Decision, ScalingGate, gate, report_markdown
 from tasks.evals.runner import Evaluation, MetricTable, run_lm_eval, table_rows, table_to_dict
 from tasks.evals.suite import DROPPED, ITEMS_DIR, SUITE_JSON, Suite
-
 STAGE = "evaluate"
 PRETRAIN_STAGE = "pretrain"
 PRETRAIN_MODEL_DIR = "model"  # the HF checkpoint (tokenizer files included) inside a pretrain artifact
 GATE_REPORT = "gate_report.md"
+# How often a candidate is judged again when concurrent evaluations keep moving the champion
+# before its decision is recorded; each time, another candidate was promoted in between.
+JUDGEMENTS = 3
 
 
 @dataclass(frozen=True)
@@ -44,17 +47,24 @@ def weights_sha256(model_dir: Path) -> str:
     return content_hash({shard.name: file_sha256(shard) for shard in shards})
 
 
-def judgement_key(candidate: Candidate, suite: Suite, cfg: EvalConfig, base_metrics: Any, scaling_gate: Any) -> str:
-    """What a gate decision depends on besides the champion: the weights, the suite, how they are run and judged."""
+def judged_inputs(
+    candidate: Candidate, suite: Suite, cfg: EvalConfig, base_metrics: Any, scaling_gate: dict[str, Any] | None
+) -> str:
+    """A hash of what a gate decision depends on besides the champion: the weights, the suite, how they are run and judged.
+
+    The scaling gate enters as the outcome the policy makes of it, which also refuses a
+    malformed one before anything is evaluated.
+    """
+    scaling = None if scaling_gate is None else ScalingGate.from_dict(scaling_gate).under(cfg.gate.scaling_gate).to_dict()
     return content_hash({
         "weights": weights_sha256(candidate.model_dir), "suite": suite.version, "run": cfg.run.model_dump(),
-        "gate": cfg.gate.model_dump(), "base_metrics": base_metrics, "scaling_gate": scaling_gate,
+        "gate": cfg.gate.model_dump(), "base_metrics": base_metrics, "scaling_gate": scaling,
     })
 
 
 def verdict(
     name: str, version: str, *, decision: str, reasons: list[str], alias: str | None, champion_before: str | None,
-    table: MetricTable, eval_run_id: str, suite: Suite, links: dict[str, str], reused: bool,
+    table: MetricTable, eval_run_id: str, suite: Suite, links: dict[str, Any], reused: bool,
 ) -> dict[str, Any]:
     """What the evaluate flow returns about a registry version, judged now or (``reused``) earlier.
 
@@ -83,9 +93,12 @@ def verdict_line(result: dict[str, Any]) -> str:
 
 
 @task(name="find-earlier-verdict", cache_policy=NO_CACHE)
-def earlier_verdict(name: str, key: str, suite: Suite) -> dict[str, Any] | None:
-    """The verdict on the version already judged on ``key``, or None: a rerun reports it instead of registering a copy."""
-    found = registry.decided_version(name, key)
+def earlier_verdict(name: str, inputs: str, suite: Suite) -> dict[str, Any] | None:
+    """The verdict on the version already judged on ``inputs`` against the current champion, or None.
+
+    A rerun reports that verdict instead of registering a copy (see ``registry.decided_version``).
+    """
+    found = registry.decided_version(name, inputs)
     if found is None:
         return None
     eval_run_id = found.tags["ladder.eval_run"]
@@ -93,7 +106,7 @@ def earlier_verdict(name: str, key: str, suite: Suite) -> dict[str, Any] | None:
         name, str(found.version), decision=found.tags[registry.DECISION_TAG], reasons=registry.reasons(found),
         alias=next(iter(registry.aliases_of(name, found.version)), None),
         champion_before=found.tags.get(registry.COMPARED_TAG) or None, table=registry.eval_table(eval_run_id),
-        eval_run_id=eval_run_id, suite=suite, links=lineage.from_tags(found.tags), reused=True,
+        eval_run_id=eval_run_id, suite=suite, links=lineage.load(eval_run_id), reused=True,
     )
 
 
@@ -114,7 +127,7 @@ def resolve_candidate(ws: Workspace, model_dir: str | None, training_run_id: str
         if not path.is_dir():
             raise ValueError(f"model dir {path} does not exist: pass a Hugging Face checkpoint directory")
         return Candidate(path, training_run_id)
-    artifact = ArtifactStore(ws.artifacts).latest(PRETRAIN_STAGE)
+    artifact = ws.store().latest(PRETRAIN_STAGE)
     if artifact is None:
         raise ValueError(f"no pretrained model under {ws.artifacts / PRETRAIN_STAGE}: run `ladder pretrain` or pass a model dir")
     if training_run_id is None:
@@ -131,15 +144,17 @@ def resolve_candidate(ws: Workspace, model_dir: str | None, training_run_id: str
 
 
 @task(name="score-champion", cache_policy=NO_CACHE)
-def score_champion(name: str, suite: Suite, cfg: RunConfig) -> ChampionScores | None:
-    """The champion's eval table on this suite: the stored one, or a fresh evaluation if its suite differs.
+def score_champion(name: str, version: str | None, suite: Suite, cfg: RunConfig) -> ChampionScores | None:
+    """Champion ``version``'s eval table on this suite: the stored one, or a fresh evaluation if its suite differs.
+
+    None when there is no champion (``version`` None).
 
     Comparing numbers from two different suites (another dataset version, other items) would
     judge the items rather than the models, so an outdated champion is scored again.
     """
-    champion = registry.current_champion(name)
-    if champion is None:
+    if version is None:
         return None
+    champion = registry.read_champion(name, version)
     if champion.suite_version == suite.version:
         return ChampionScores(champion.version, champion.table, f"version {champion.version}, scores from its own evaluation")
     with tempfile.TemporaryDirectory(prefix="ladder-champion-") as tmp:
@@ -221,25 +236,30 @@ def log_evaluation(
 @task(name="collect-lineage", cache_policy=NO_CACHE)
 def collect_lineage(
     ws: Workspace,
-    dataset_md5: str,
     candidate: Candidate,
     eval_run_id: str,
     suite: Suite,
     scaling_gate: dict[str, Any] | None,
     extra: dict[str, str] | None,
-) -> dict[str, str]:
-    """The model's chain (see :mod:`tasks.evals.lineage`)."""
-    return lineage.collect(ws, dataset_md5, candidate.training_run_id, eval_run_id, suite.version, scaling_gate, extra)
+) -> dict[str, Any]:
+    """The model's chain (see :mod:`tasks.evals.lineage`), logged once as ``lineage.json`` in the eval run."""
+    tree = lineage.collect(ws, candidate.model_dir, candidate.training_run_id, eval_run_id, suite.artifact, scaling_gate, extra)
+    lineage.log(eval_run_id, tree)
+    return tree
 
 
 @task(name="register-candidate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def register(
-    name: str, model_uri: str, links: dict[str, str], suite: Suite, eval_run_id: str, key: str, champion: str | None
+    cfg: EvalConfig, model_uri: str, links: dict[str, Any], suite: Suite, eval_run_id: str, scaling_gate: dict[str, Any] | None
 ) -> str:
-    """A new version with alias ``challenger``, tagged with its lineage and what it is judged on; returns the version number."""
-    tags = {**lineage.to_tags(links), registry.SUITE_TAG: suite.version, "ladder.eval_run": eval_run_id,
-            registry.KEY_TAG: key, registry.COMPARED_TAG: champion or ""}
-    return str(registry.register_candidate(name, model_uri, tags).version)
+    """A new version of ``cfg.registered_model`` with alias ``challenger``, tagged with its lineage; returns the version number.
+
+    The scaling-law gate's outcome under the policy is tagged too (``registry.scaling_tags``).
+    """
+    tags = {**lineage.to_tags(links), registry.SUITE_TAG: suite.version, "ladder.eval_run": eval_run_id}
+    if scaling_gate is not None:
+        tags.update(registry.scaling_tags(ScalingGate.from_dict(scaling_gate).under(cfg.gate.scaling_gate)))
+    return str(registry.register_candidate(cfg.registered_model, model_uri, tags).version)
 
 
 @task(name="publish-gate-report", cache_policy=NO_CACHE)
@@ -272,7 +292,48 @@ def publish_report(
     return f"runs:/{eval_run_id}/{GATE_REPORT}"
 
 
-@task(name="record-gate-decision", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
-def record(name: str, version: str, decision: Decision, report_uri: str) -> str:
-    """Tag the verdict on the version and promote it if it passed; returns the alias it holds."""
-    return registry.record_decision(name, version, decision, report_uri)
+@dataclass(frozen=True)
+class Judgement:
+    """The gate's decision on a candidate against one champion (None: no champion yet), with its published report."""
+
+    champion: ChampionScores | None
+    decision: Decision
+    report_uri: str
+
+
+def judge_against(
+    champion: str | None, *, cfg: EvalConfig, suite: Suite, table: MetricTable, base: MetricTable | None,
+    scaling_gate: dict[str, Any] | None, eval_run_id: str, facts: dict[str, str],
+) -> Judgement:
+    """Score champion version ``champion`` on the suite, apply the release gate to ``table``, publish the report."""
+    scores = score_champion(cfg.registered_model, champion, suite, cfg.run)
+    decision = gate(table, cfg.gate, scores.table if scores else None, base, scaling_gate)
+    shown = {**facts, "compared with": scores.note if scores else "no champion yet"}
+    return Judgement(scores, decision, publish_report(eval_run_id, decision, shown, table, cfg, scores, base))
+
+
+@task(name="judge-and-record", cache_policy=NO_CACHE)
+def judge_and_record(
+    name: str, version: str, inputs: str, judge: Callable[[str | None], Judgement]
+) -> tuple[Judgement, str]:
+    """Judge ``version`` against the current champion and record the decision, as a compare-and-set.
+
+    ``judge(champion_version)`` gives the decision against that champion (:func:`judge_against`).
+    It is recorded only if the champion has not moved meanwhile (see
+    ``registry.record_decision``); if another evaluation promoted a version in between, the
+    candidate is judged again against that one, at most ``JUDGEMENTS`` times. Returns the
+    recorded judgement and the alias the version holds.
+    """
+    champion = registry.alias_version(name, registry.CHAMPION)
+    for _ in range(JUDGEMENTS):
+        judgement = judge(champion)
+        try:
+            alias = registry.record_decision(name, version, judgement.decision, judgement.report_uri, inputs, champion)
+        except registry.ChampionMoved as moved:
+            champion = moved.champion
+            continue
+        return judgement, alias
+    raise RuntimeError(
+        f"{name} version {version} was judged {JUDGEMENTS} times, and each time another evaluation moved the "
+        f"champion before its decision was recorded: evaluate it again once the other evaluations are done"
+    )

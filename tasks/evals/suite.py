@@ -32,14 +32,22 @@ import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import Artifact, ArtifactStore, StageOutput, stage_version, write_jsonl
+from ladder.artifacts import Artifact, Code, StageOutput, stage_version, write_jsonl
 from ladder.config import content_hash
 from ladder.workspace import Workspace
+from tasks.data.dataset import Dataset
 from tasks.data.document import Document, iter_split
 from tasks.evals.config import SuiteConfig
 from tasks.evals.contamination import NgramIndex, overlaps, train_index, word_count
 
 STAGE = "eval_suite"
+# Named module by module, the templates being an input: a registered model records the suite
+# version it was judged on, so an edit to the gate, registry or runner must not make a new one.
+# The files are written for this lm_eval's task format; xxhash hashes the contamination n-grams.
+CODE = Code(
+    ("tasks.evals.suite", "tasks.evals.contamination", "tasks.data.document", "tasks.data.minhash"),
+    ("lm_eval", "numpy", "xxhash"),
+)
 TEMPLATES = Path(__file__).parent / "lm_eval_tasks"
 TASKS_DIR = "lm_eval_tasks"
 ITEMS_DIR = "items"
@@ -341,12 +349,14 @@ def build_suite_files(data_dir: Path, cfg: SuiteConfig, out: Path, final: Path) 
 
 
 @task(name="build-eval-suite", cache_policy=NO_CACHE)
-def build_suite(ws: Workspace, cfg: SuiteConfig, dataset_md5: str) -> Suite:
+def build_suite(ws: Workspace, cfg: SuiteConfig, dataset: Dataset) -> Suite:
     """The eval suite of this dataset version and config (built once, then a cache hit)."""
-    store = ArtifactStore(ws.artifacts, code_version=ws.git_commit())
+    store = ws.store()
     # The templates are part of what the suite is: editing one must build a new version.
     templates = content_hash({path.name: path.read_text() for path in sorted(TEMPLATES.glob("*.yaml"))})
-    inputs = {"dataset": dataset_md5, "templates": templates}
-    final = store.path(STAGE, stage_version(STAGE, cfg, inputs))
-    artifact, _ = store.run_stage(STAGE, cfg, inputs, lambda out: build_suite_files(ws.data, cfg, out, final))
+    inputs = {"dataset": dataset.md5, "templates": templates}
+    final = store.path(STAGE, stage_version(STAGE, cfg, inputs, CODE))
+    artifact, _ = store.run_stage(
+        STAGE, cfg, inputs, lambda out: build_suite_files(dataset.path, cfg, out, final), code=CODE
+    )
     return Suite.from_artifact(artifact)

@@ -17,7 +17,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import Artifact, StageOutput
+from ladder.artifacts import Artifact, Code, StageOutput, stage_version
 from ladder.config import Section
 from ladder.workspace import Workspace
 from tasks.scaling.analysis import fit_scaling_law
@@ -26,11 +26,17 @@ from tasks.scaling.ladder import LadderConfig, Point, plan, rung_points, target
 from tasks.scaling.plots import plot_loss_vs_compute, plot_predicted_vs_actual, summary_markdown, write_png
 from tasks.tokenizer.shards import PackedShards
 from tasks.train.config import TrainConfig
-from tasks.train.stage import PretrainInputs, pretrain, store
+from tasks.train.stage import CODE as PRETRAIN_CODE, PretrainInputs, pretrain
 
 log = logging.getLogger(__name__)
 
 STAGE = "ladder"
+# The rungs' losses are the points the law is fitted to, and the artifact's inputs do not name
+# the rungs' versions: so it is built by the training code too. scipy fits the law; numpy resamples it.
+CODE = Code(
+    ("tasks.scaling", *PRETRAIN_CODE.packages),
+    ("scipy", *PRETRAIN_CODE.libraries),
+)
 POINTS, FIT, SUMMARY = "points.json", "fit.json", "summary.md"
 LOSS_VS_COMPUTE, PREDICTED_VS_ACTUAL = "loss_vs_compute.png", "predicted_vs_actual.png"
 
@@ -108,10 +114,13 @@ def run_ladder(ws: Workspace, ladder: LadderConfig, train: TrainConfig, inputs: 
 
     cfg = LadderStageConfig(ladder=ladder, train=train)
     shards = PackedShards(inputs.train_shards)
-    artifacts = store(ws)
+    artifacts = ws.store()
+
+    produces = [(STAGE, stage_version(STAGE, cfg, inputs.versions, CODE))]
 
     def build(out: Path) -> StageOutput:
-        with stage_run(ws, STAGE, cfg, tags={f"ladder.input.{k}": v for k, v in inputs.versions.items()}) as run:
+        tags = {f"ladder.input.{k}": v for k, v in inputs.versions.items()}
+        with stage_run(ws, STAGE, cfg, tags=tags, produces=produces) as run:
             rungs = train_rungs(ws, ladder, train, inputs, run.info.run_id)
             output = build_ladder(out, cfg, collect_points(ladder, rungs, shards.seq_len), target(train, shards))
             import mlflow
@@ -121,7 +130,7 @@ def run_ladder(ws: Workspace, ladder: LadderConfig, train: TrainConfig, inputs: 
             (out / "mlflow_run_id").write_text(run.info.run_id)
         return output
 
-    return artifacts.run_stage(STAGE, cfg, inputs.versions, build)
+    return artifacts.run_stage(STAGE, cfg, inputs.versions, build, code=CODE)
 
 
 def _png_markdown(path: Path) -> str:
@@ -165,7 +174,11 @@ def stored_fit(ladder_artifact: Artifact) -> tuple[ScalingFit, Prediction, list[
 
 @task(name="scaling-gate", cache_policy=NO_CACHE)
 def target_gate(ws: Workspace, ladder_artifact: Artifact, ladder: LadderConfig, actual_loss: float) -> dict[str, Any]:
-    """Hold the target run to its prediction; the decision, reasons, plot and any override are recorded."""
+    """Hold the target run to its prediction; the decision, reasons, plot and any override are recorded.
+
+    Returns ``status`` (passed, failed or overridden), ``passed``, ``reasons``, ``rel_error``,
+    ``actual``, ``prediction`` (the ladder's, with its interval) and ``override_reason``.
+    """
     import tempfile
 
     from mlflow.tracking import MlflowClient
@@ -177,8 +190,7 @@ def target_gate(ws: Workspace, ladder_artifact: Artifact, ladder: LadderConfig, 
     decision = gate(prediction, actual_loss, ladder.fit.gate_rel_tolerance)
     overridden = not decision.passed and ladder.override_gate
     status = "passed" if decision.passed else ("overridden" if overridden else "failed")
-    result = {**decision.to_dict(), "status": status, "actual": actual_loss, "predicted": prediction.loss,
-              "low": prediction.low, "high": prediction.high,
+    result = {**decision.to_dict(), "status": status, "actual": actual_loss, "prediction": prediction.to_dict(),
               "override_reason": ladder.override_reason if overridden else ""}
     experiment_id(ws)
     client = MlflowClient()

@@ -17,8 +17,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tokenizers import Tokenizer
 
-from ladder.artifacts import Artifact, ArtifactStore, StageOutput
+from ladder.artifacts import Artifact, Code, StageOutput
 from ladder.workspace import Workspace
+from tasks.data.dataset import Dataset
 from tasks.data.document import SPLITS, iter_split
 from tasks.tokenizer.compare import (
     ALL_SOURCES,
@@ -38,6 +39,10 @@ from tasks.tokenizer.train import candidate_name, load_encoder, sample_rate, tra
 TOKENIZER_DIR = "tokenizer"
 CANDIDATES_DIR = "candidates"
 SHARDS_DIR = "shards"
+# What builds the two artifacts: candidates train with HF tokenizers and SentencePiece, and
+# transformers converts and saves the chosen one; packing encodes with tokenizers into numpy arrays.
+TOKENIZER_CODE = Code(("tasks.tokenizer", "tasks.data.document"), ("tokenizers", "sentencepiece", "transformers"))
+SHARDS_CODE = Code(("tasks.tokenizer", "tasks.data.document"), ("tokenizers", "numpy"))
 COMPARISON_CSV = "comparison.csv"
 COMPARISON_JSON = "comparison.json"
 RANK_FREQUENCY_PNG = "rank_frequency.png"
@@ -116,29 +121,30 @@ def build_shards(data_dir: Path, tokenizer_dir: Path, packing: PackingConfig, ou
     return StageOutput(counts=counts, metrics=metrics)
 
 
-def store(ws: Workspace) -> ArtifactStore:
-    return ArtifactStore(ws.artifacts, code_version=ws.git_commit())
-
-
 # The stage contract caches these (by config and input versions), so Prefect's cache is off.
 @task(name="train-and-select-tokenizer", cache_policy=NO_CACHE)
-def train_and_select(ws: Workspace, cfg: TokenizerTrainingConfig, dataset_md5: str) -> tuple[Artifact, bool]:
+def train_and_select(ws: Workspace, cfg: TokenizerTrainingConfig, dataset: Dataset) -> tuple[Artifact, bool]:
     """The ``tokenizer`` artifact for this dataset and config: ``(artifact, cached)``."""
-    return store(ws).run_stage(
-        "tokenizer", cfg, {"dataset": dataset_md5}, lambda out: build_tokenizer(ws.data, cfg, out)
+    return ws.store().run_stage(
+        "tokenizer",
+        cfg,
+        {"dataset": dataset.md5},
+        lambda out: build_tokenizer(dataset.path, cfg, out),
+        code=TOKENIZER_CODE,
     )
 
 
 @task(name="pack-token-shards", cache_policy=NO_CACHE)
 def pack_shards(
-    ws: Workspace, packing: PackingConfig, dataset_md5: str, tokenizer: Artifact
+    ws: Workspace, packing: PackingConfig, dataset: Dataset, tokenizer: Artifact
 ) -> tuple[Artifact, bool]:
     """The ``shards`` artifact of every split packed with ``tokenizer``: ``(artifact, cached)``."""
-    return store(ws).run_stage(
+    return ws.store().run_stage(
         "shards",
         packing,
-        {"dataset": dataset_md5, "tokenizer": tokenizer.version},
-        lambda out: build_shards(ws.data, tokenizer.path / TOKENIZER_DIR, packing, out),
+        {"dataset": dataset.md5, "tokenizer": tokenizer.version},
+        lambda out: build_shards(dataset.path, tokenizer.path / TOKENIZER_DIR, packing, out),
+        code=SHARDS_CODE,
     )
 
 
@@ -197,7 +203,7 @@ def publish(
             "ladder.shards_version": shards.version,
             "ladder.tokenizer": report["chosen"],
         }
-        with stage_run(ws, "tokenizer", cfg, tokenizer, tags=tags):
+        with stage_run(ws, "tokenizer", cfg, tokenizer, tags=tags, produces=[(shards.stage, shards.version)]):
             mlflow.log_metrics({**tokenizer.metrics, **shards.metrics})
             selection = f"rule: {report['rule']}\nchosen: {report['chosen']}\nreason: {report['reason']}\n"
             mlflow.log_text(selection, "selection.txt")

@@ -21,15 +21,20 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import MANIFEST, Artifact, StageOutput, hash_files, stage_version
+from ladder.artifacts import MANIFEST, Artifact, Code, StageOutput, hash_files, stage_version
 from ladder.config import content_hash
 from ladder.workspace import Workspace
-from tasks.tokenizer.stage import SHARDS_DIR, TOKENIZER_DIR, store
+from tasks.tokenizer.stage import SHARDS_DIR, TOKENIZER_DIR
 from tasks.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 STAGE = "pretrain"
+# The loader and shard reader come from tasks.tokenizer; numpy draws the loader's shuffle order.
+CODE = Code(
+    ("tasks.train", "tasks.tokenizer.loader", "tasks.tokenizer.shards", "models"),
+    ("torch", "deepspeed", "transformers", "numpy"),
+)
 # The tokenizer stage's artifacts: <shards>/shards/<split>/ and <tokenizer>/tokenizer/.
 SHARDS_STAGE = "shards"
 TOKENIZER_STAGE = "tokenizer"
@@ -60,7 +65,7 @@ def resolve_inputs(
     """Shards from ``shards_dir`` (holding ``train/`` and ``validation/``) or the latest ``shards`` artifact."""
     versions: dict[str, str] = {}
     if shards_dir is None:
-        shards = store(ws).latest(SHARDS_STAGE)
+        shards = ws.store().latest(SHARDS_STAGE)
         if shards is None:
             raise ValueError(f"no '{SHARDS_STAGE}' artifact in {ws.artifacts}: run `ladder tokenizer` first, or pass shards_dir")
         root = shards.path / SHARDS_DIR
@@ -111,12 +116,12 @@ def _log_outputs(out: Path) -> None:
 
 
 @contextmanager
-def _tracked(ws: Workspace, cfg: TrainConfig, tags: dict[str, str]) -> Iterator[str | None]:
+def _tracked(ws: Workspace, cfg: TrainConfig, tags: dict[str, str], version: str) -> Iterator[str | None]:
     """The MLflow run of the training, or None when tracking is unreachable: neither a server
     that is down at the start nor one that goes away before the end fails the stage."""
     from ladder.tracking import stage_run
 
-    context = stage_run(ws, STAGE, cfg, tags=tags)
+    context = stage_run(ws, STAGE, cfg, tags=tags, produces=[(STAGE, version)])
     try:
         run = context.__enter__()
     except Exception as err:  # noqa: BLE001 - training does not depend on the tracking server
@@ -150,7 +155,7 @@ def build_pretrain(
     }
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    with _tracked(ws, cfg, tags) as run_id:
+    with _tracked(ws, cfg, tags, run_dir.name) as run_id:
         result = run_training(cfg, run_dir, inputs.train_shards, inputs.val_shards, inputs.tokenizer_dir, run_id)
         result["mlflow_run_id"] = run_id
         for name in COPIED:
@@ -202,11 +207,11 @@ def pretrain(
     from tasks.train.launch import TrainingFailed
 
     cfg = resolve(cfg, PackedShards(inputs.train_shards))
-    version = stage_version(STAGE, cfg, inputs.versions)
+    version = stage_version(STAGE, cfg, inputs.versions, CODE)
     run_dir = ws.state / "runs" / STAGE / version
     try:
-        return store(ws).run_stage(
-            STAGE, cfg, inputs.versions, lambda out: build_pretrain(ws, cfg, inputs, run_dir, out, parent_run_id)
+        return ws.store().run_stage(
+            STAGE, cfg, inputs.versions, lambda out: build_pretrain(ws, cfg, inputs, run_dir, out, parent_run_id), code=CODE
         )
     except TrainingFailed as err:
         if err.report is not None:

@@ -17,6 +17,7 @@ from flows.align import align_flow
 from tasks.align.checkpoints import load_model, resolve_base
 from ladder.tracking import experiment_id
 from ladder.workspace import Workspace
+from tasks.data.version import dataset_version, run_dvc
 from tests.tasks.align.align_corpus import one_thread, pretrain_base, train_tokenizer, write_curated
 
 pytestmark = pytest.mark.slow
@@ -50,10 +51,11 @@ def test_align_flow_sft_beats_base_and_dpo_margin_is_positive(
     workspace: Workspace, prefect_harness: None, single_thread: None, tmp_path: Path
 ) -> None:
     write_curated(workspace.data, {"train": 10, "validation": 3, "test": 3})
+    run_dvc(workspace.root, "add", "-q", "data")
     tokenizer_dir = train_tokenizer(workspace.data, tmp_path / "tokenizer")
     base_dir = pretrain_base(workspace.data, tokenizer_dir, tmp_path / "base", steps=200)
 
-    result = align_flow(profile="tiny", overrides=OVERRIDES, base_model_dir=str(base_dir), dataset_md5="test-dataset")
+    result = align_flow(profile="tiny", overrides=OVERRIDES, base_model_dir=str(base_dir), dataset_md5=dataset_version(workspace))
 
     rows = {row["model"]: row for row in result["table"]}
     assert rows["sft"]["instruct/accuracy"] > rows["base"]["instruct/accuracy"]
@@ -70,7 +72,7 @@ def test_align_flow_sft_beats_base_and_dpo_margin_is_positive(
         tags = runs[child].data.tags
         assert tags["mlflow.parentRunId"] == align_run.info.run_id
         assert tags["ladder.base_model.dir"] == str(base_dir.resolve())
-        assert tags["ladder.data.md5"] == "test-dataset"
+        assert tags["ladder.data.md5"] == dataset_version(workspace)
     assert {i.dataset.name for i in runs[result["mlflow_run_ids"]["sft"]].inputs.dataset_inputs} == {"ladder-instructions-train"}
     assert (result["registry"]["version"], result["registry"]["decision"]) == ("1", "promoted")
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,11 @@ from ladder.workspace import Workspace
 from models.llama import ModelConfig
 from tests.tiny_lm import save_tiny_lm
 from tasks.data.document import iter_split
+from tasks.data.dataset import resolve_dataset
 from tasks.data.version import dvc_md5, run_dvc
 from tasks.evals import registry
 from tasks.evals.config import RunConfig, SuiteConfig
+from tasks.evals.gate import ADVISORY, FAILED, OVERRIDDEN, ScalingGate
 from tasks.evals.stage import score_champion
 from tasks.evals.suite import STAGE as SUITE_STAGE
 from tasks.evals.suite import TASKS_DIR, build_suite
@@ -81,9 +84,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> It
     dvc_env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     subprocess.run(["git", "init", "-q"], cwd=ws.root, check=True, env=dvc_env)
     write_curated(ws.data, {"train": 160, "validation": 24, "test": 30})
-    run_dvc(ws, "init", "-q")
-    run_dvc(ws, "remote", "add", "-d", "local", str(ws.dvc_remote))
-    run_dvc(ws, "add", "-q", "data")
+    run_dvc(ws.root, "init", "-q")
+    run_dvc(ws.root, "remote", "add", "-d", "local", str(ws.dvc_remote))
+    run_dvc(ws.root, "add", "-q", "data")
     saved = dict(os.environ)
     os.environ.update({
         "LADDER_ROOT": str(ws.root),
@@ -198,16 +201,15 @@ def test_lineage_of_the_champion_names_dataset_and_training_run(stack: Stack, pr
     result = CliRunner().invoke(app, ["lineage", f"{NAME}@champion"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    for link in (
-        f"dataset_md5: {stack.dataset_md5}",
-        f"training_runs: {stack.training_run_id}",
-        f"eval_run: {promoted['eval_run_id']}",
-        f"dvc_remote: {stack.ws.dvc_remote}",
-        "ladder_run: run-of-the-ladder",
+    for start, fact in (
+        ("dataset: ", f"{stack.dataset_md5}, dvc_remote {stack.ws.dvc_remote}"),
+        ("model: ", f"mlflow_run {stack.training_run_id}"),
+        ("evaluation run ", f"eval_run {promoted['eval_run_id']}"),
+        ("ladder_run: ", "run-of-the-ladder"),
     ):
-        assert f"  {link}" in lines, link
-    assert any(line.startswith("  prefect_flow_run_id: ") and "unknown" not in line for line in lines)
-    assert any(line.startswith("  git_commit: ") for line in lines)
+        assert any(line.strip().startswith(start) and fact in line for line in lines), (start, fact, result.output)
+    (top,) = [line for line in lines if line.strip().startswith("evaluation run ")]
+    assert "git_commit " in top and re.search(r"prefect_flow_run [0-9a-f-]{36}", top), top
 
 
 def test_standard_clients_load_and_score_the_champion(stack: Stack, promoted: dict[str, Any], tmp_path: Path) -> None:
@@ -231,10 +233,38 @@ def test_standard_clients_load_and_score_the_champion(stack: Stack, promoted: di
 
 
 def test_a_champion_scored_on_another_suite_is_scored_again(stack: Stack, promoted: dict[str, Any]) -> None:
-    other = build_suite.fn(stack.ws, SuiteConfig(seed=1, items_per_task=8, fewshot_pool=4, ppl_docs_per_source=2), stack.dataset_md5)
+    other = build_suite.fn(stack.ws, SuiteConfig(seed=1, items_per_task=8, fewshot_pool=4, ppl_docs_per_source=2), resolve_dataset(stack.ws, stack.dataset_md5))
     assert other.version != promoted["suite_version"]
-    scores = score_champion.fn(NAME, other, RunConfig())
+    scores = score_champion.fn(NAME, registry.alias_version(NAME, registry.CHAMPION), other, RunConfig())
     assert scores.version == registry.alias_version(NAME, registry.CHAMPION)
     assert f"re-scored on suite {other.version}" in scores.note
     assert set(scores.table) == set(other.metrics)
     assert scores.table["ladder_ppl/bits_per_byte"].items == 4
+
+
+def test_the_scaling_gate_outcome_is_judged_and_tagged_as_what_it_is(stack: Stack) -> None:
+    """An overridden miss passes as overridden, an advisory one as advisory, a required one is rejected; each is tagged."""
+    name = "ladder-test-scaling"  # a registry of its own: these promotions must not move the module's champion
+    overrides = [*OVERRIDES, f"evals.registered_model={name}"]
+    missed = ScalingGate(FAILED, ["actual loss 3.9000 is outside the 95% interval"], prediction={"loss": 3.5})
+    overridden = evaluate_flow(
+        overrides=overrides, model_dir=str(stack.trained_dir),
+        scaling_gate=replace(missed, status=OVERRIDDEN, override_reason="known tokenizer change").to_dict(),
+    )
+    advisory = evaluate_flow(
+        overrides=[*overrides, "evals.gate.scaling_gate=advisory"], model_dir=str(stack.trained_dir),
+        scaling_gate=replace(missed, status=ADVISORY).to_dict(),
+    )
+    required = evaluate_flow(overrides=overrides, model_dir=str(stack.trained_dir), scaling_gate=missed.to_dict())
+
+    assert [r["decision"] for r in (overridden, advisory, required)] == ["promoted", "promoted", "rejected"]
+    assert any(r.startswith("OVERRIDDEN scaling_prediction: missed its prediction, overridden (known tokenizer change)")
+               for r in overridden["reasons"])
+    assert any(r.startswith("ADVISORY scaling_prediction") for r in advisory["reasons"])
+    assert required["reasons"][0].startswith("FAIL scaling_prediction: failed: actual loss 3.9000")
+    client = MlflowClient()
+    tags = [client.get_model_version(name, r["version"]).tags for r in (overridden, advisory, required)]
+    assert [t[registry.SCALING_TAG] for t in tags] == [OVERRIDDEN, ADVISORY, FAILED]
+    assert [t.get(registry.SCALING_OVERRIDE_TAG) for t in tags] == ["known tokenizer change", None, None]
+    found = client.search_model_versions(f"name = '{name}' and tags.`{registry.SCALING_TAG}` = '{OVERRIDDEN}'")
+    assert [v.version for v in found] == [overridden["version"]]

@@ -20,7 +20,6 @@ from flows.ladder import ladder_flow
 from ladder.tracking import experiment_id
 from ladder.workspace import Workspace
 from tasks.scaling.stage import POINTS
-from tasks.train.stage import store
 from tests.tasks.train.train_fixtures import write_shards, write_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -60,7 +59,7 @@ def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
     assert [row["flops"] for row in first["compute_optimal"]] == [1e15, 1e17, 1e19]
 
     # The artifact's points: several evaluations of each of the four rungs, smallest model first.
-    artifact = store(workspace).lookup("ladder", first["ladder_version"])
+    artifact = workspace.store().lookup("ladder", first["ladder_version"])
     points = json.loads(artifact.file(POINTS).read_text())
     per_rung = Counter(p["rung"] for p in points)
     assert sorted(per_rung) == [0, 1, 2, 3] and min(per_rung.values()) >= 3

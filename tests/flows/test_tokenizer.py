@@ -14,15 +14,17 @@ from flows.tokenizer import tokenizer_flow
 from ladder.tracking import experiment_id
 from ladder.workspace import Workspace
 from tasks.data.document import Document
+from tasks.data.version import dataset_version, run_dvc
 from tasks.tokenizer.shards import PackedShards
 
 # Two candidates, one size, short rows: the flow's wiring is under test, not the tokenizers.
 OVERRIDES = ["tokenizer.candidates=[bpe,unigram]", "tokenizer.vocab_sizes=[320]", "tokenizer.packing.seq_len=64"]
-MD5 = "0123456789abcdef0123456789abcdef.dir"
 WORDS = "to be or not that is the question whether tis nobler in mind suffer slings arrows café naïve".split()
 
 
-def _write_curated(data_dir: Path) -> None:
+def _write_curated(ws: Workspace) -> str:
+    """A curated dataset in ``data/``, versioned with `dvc add` as a user would; returns its md5."""
+    data_dir = ws.data
     rng = random.Random(0)
     for split, count in {"train": 60, "validation": 10, "test": 6}.items():
         directory = data_dir / "curated" / split
@@ -33,8 +35,8 @@ def _write_curated(data_dir: Path) -> None:
             for i in range(count)
         ]
         (directory / "part-00000.jsonl").write_text("".join(d.to_json() + "\n" for d in docs), encoding="utf-8")
-    # What `dvc add data` would record; the flow reads the dataset version from it.
-    (data_dir.parent / "data.dvc").write_text(f"outs:\n- md5: {MD5}\n  path: data\n")
+    run_dvc(ws.root, "add", "-q", "data")
+    return dataset_version(ws)
 
 
 def _runs(ws: Workspace) -> list:
@@ -42,7 +44,7 @@ def _runs(ws: Workspace) -> list:
 
 
 def test_flow_selects_saves_packs_tracks_and_caches(prefect_harness: None, workspace: Workspace) -> None:
-    _write_curated(workspace.data)
+    md5 = _write_curated(workspace)
     first = tokenizer_flow(overrides=OVERRIDES)
 
     assert not first["cached"]
@@ -58,8 +60,8 @@ def test_flow_selects_saves_packs_tracks_and_caches(prefect_harness: None, works
 
     # MLflow: one run with lineage to the dataset version and the comparison files.
     (run,) = _runs(workspace)
-    assert run.data.tags["ladder.data.md5"] == MD5
-    assert run.data.tags["ladder.input.dataset"] == MD5
+    assert run.data.tags["ladder.data.md5"] == md5
+    assert run.data.tags["ladder.input.dataset"] == md5
     assert run.data.tags["ladder.artifact_version"] == first["tokenizer_version"]
     logged = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert {"comparison.csv", "rank_frequency.png", "tokenizer", "selection.txt"} <= logged
@@ -72,7 +74,7 @@ def test_flow_selects_saves_packs_tracks_and_caches(prefect_harness: None, works
 
     # An unchanged rerun is a cache hit: same artifacts, nothing rewritten, nothing logged.
     manifests = {p: p.stat().st_mtime_ns for p in workspace.artifacts.rglob("manifest.json")}
-    again = tokenizer_flow(overrides=OVERRIDES, dataset_md5=MD5)
+    again = tokenizer_flow(overrides=OVERRIDES, dataset_md5=md5)
     assert again["cached"]
     assert (again["tokenizer_version"], again["shards_version"]) == (first["tokenizer_version"], first["shards_version"])
     assert {p: p.stat().st_mtime_ns for p in workspace.artifacts.rglob("manifest.json")} == manifests

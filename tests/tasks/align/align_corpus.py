@@ -66,6 +66,8 @@ def write_curated(data_dir: Path, per_title: dict[str, int], seed: int = 0) -> N
         directory = data_dir / "curated" / split
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "part-00000.jsonl").write_text("".join(d.to_json() + "\n" for d in docs), encoding="utf-8")
+    # What the data stage records beside the splits; lineage reads the raw corpus's hash from it.
+    (data_dir / "dataset.json").write_text('{"corpus": "synthetic-seed-%d"}\n' % seed, encoding="utf-8")
 
 
 def train_tokenizer(data_dir: Path, out: Path) -> Path:

@@ -34,6 +34,8 @@ def write_curated(data_dir: Path, sizes: dict[str, int], seed: int = 0) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         docs = [Document(f"{split}/{i:04d}#0", ("verse", "prose")[i % 2], passage(rng)) for i in range(count)]
         (directory / "part-00000.jsonl").write_text("".join(d.to_json() + "\n" for d in docs), encoding="utf-8")
+    # What the data stage records beside the splits; lineage reads the raw corpus's hash from it.
+    (data_dir / "dataset.json").write_text('{"corpus": "synthetic-seed-%d"}\n' % seed, encoding="utf-8")
 
 
 def append_train_document(data_dir: Path, doc: Document) -> None:

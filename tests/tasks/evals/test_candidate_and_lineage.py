@@ -1,19 +1,25 @@
-"""Which model the evaluate stage picks by default, and the lineage links it finds by itself."""
+"""Which model the evaluate stage picks by default, and the lineage it walks from the manifests."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ladder.artifacts import ArtifactStore, StageOutput
+from ladder.artifacts import Artifact, StageOutput, code_fingerprint
+from ladder.lineage import missing, nodes, render
 from ladder.config import Section
 from ladder.tracking import stage_run
 from ladder.workspace import Workspace
+from tasks.data.curate import DATA_FILES
+from tasks.data.dataset import dvc_dir_md5
+from tasks.data.version import STAMPS
 from tasks.evals import lineage
 from tasks.evals.stage import PRETRAIN_MODEL_DIR, PRETRAIN_STAGE, resolve_candidate
+from tasks.train.stage import CODE as PRETRAIN_CODE
 
 MD5 = "0123456789abcdef0123456789abcdef.dir"
 
@@ -30,7 +36,7 @@ def _pretrain_artifact(ws: Workspace, seed: int) -> Path:
         (out / PRETRAIN_MODEL_DIR / "config.json").write_text("{}")
         return StageOutput()
 
-    artifact, _ = ArtifactStore(ws.artifacts).run_stage(PRETRAIN_STAGE, Stub(name=f"s{seed}"), {"dataset": MD5}, build)
+    artifact, _ = ws.store().run_stage(PRETRAIN_STAGE, Stub(name=f"s{seed}"), {"dataset": MD5}, build, code=PRETRAIN_CODE)
     return artifact.path
 
 
@@ -50,26 +56,58 @@ def test_default_candidate_is_the_latest_pretrained_model_with_its_training_run(
         resolve_candidate.fn(ws, str(mlflow_store / "nowhere"), None)
 
 
-def test_lineage_finds_the_data_and_tokenizer_runs_of_the_dataset(mlflow_store: Path) -> None:
+def _stage(ws: Workspace, stage: str, name: str, inputs: dict[str, str], files: dict[str, str]) -> Artifact:
+    def build(out: Path) -> StageOutput:
+        for rel, text in files.items():
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_text(text)
+        return StageOutput()
+
+    return ws.store().run_stage(stage, Stub(name=name), inputs, build, code=PRETRAIN_CODE)[0]
+
+
+def test_lineage_walks_the_manifests_to_the_raw_corpus_with_each_artifacts_own_run(mlflow_store: Path) -> None:
     ws = Workspace(mlflow_store)
     dvc = str(Path(sys.executable).parent / "dvc")
     subprocess.run([dvc, "init", "-q", "--no-scm"], cwd=ws.root, check=True)
     subprocess.run([dvc, "remote", "add", "-d", "local", str(ws.dvc_remote)], cwd=ws.root, check=True)
-    with stage_run(ws, "data", Stub(), tags={"ladder.data.md5": MD5}) as data_run:
+    data = _stage(ws, "data", "d", {"corpus": "raw-corpus-hash"},
+                  {"curated/train/part-00000.jsonl": "", "dataset.json": '{"corpus": "raw-corpus-hash"}'})
+    md5 = dvc_dir_md5(data.path, DATA_FILES)
+    (ws.artifacts / "data" / STAMPS).write_text(json.dumps({data.version: md5}))
+    tokenizer = _stage(ws, "tokenizer", "t", {"dataset": md5}, {"tokenizer.json": "{}"})
+    shards = _stage(ws, "shards", "s", {"dataset": md5, "tokenizer": tokenizer.version}, {"index.json": "{}"})
+    model = _stage(ws, PRETRAIN_STAGE, "p", {"dataset": md5, "shards": shards.version, "tokenizer": tokenizer.version},
+                   {f"{PRETRAIN_MODEL_DIR}/config.json": "{}"})
+    suite = _stage(ws, "eval_suite", "e", {"dataset": md5}, {"suite.json": "{}"})
+    ladder = _stage(ws, "ladder", "l", {"shards": shards.version}, {"fit.json": "{}"})
+    runs = {}
+    for artifact, produces in ((data, []), (tokenizer, [shards]), (model, []), (suite, []), (ladder, [])):
+        with stage_run(ws, artifact.stage, Stub(), artifact, produces=[(a.stage, a.version) for a in produces]) as run:
+            runs[artifact.stage] = run.info.run_id
+    # A later tokenizer run for the same dataset but another config: the old search by md5 picked it.
+    other = _stage(ws, "tokenizer", "other", {"dataset": md5}, {"tokenizer.json": "[]"})
+    with stage_run(ws, "tokenizer", Stub(), other, tags={"ladder.data.md5": md5}):
         pass
-    with stage_run(ws, "tokenizer", Stub(), tags={"ladder.data.md5": MD5, "ladder.artifact_version": "tok123"}) as tok_run:
-        pass
-    with stage_run(ws, "tokenizer", Stub(), tags={"ladder.data.md5": "another.dir"}):
-        pass
-    scaling = {"passed": True, "reasons": ["inside the interval"], "prediction": {"loss": 3.2, "low": 3.1, "high": 3.3}}
-    links = lineage.collect(ws, MD5, "train-run", "eval-run", "suite1", scaling, {"ladder_run": "ladder-run"})
-    assert list(links)[: len(lineage.CHAIN)] == list(lineage.CHAIN)
-    assert links["data_run"] == data_run.info.run_id
-    assert links["data_quality_report"].endswith(f"{data_run.info.run_id}/artifacts/data_docs/index.html")
-    assert (links["tokenizer_run"], links["tokenizer_version"]) == (tok_run.info.run_id, "tok123")
-    assert links["dvc_remote"] == str(ws.dvc_remote)
-    assert (links["training_runs"], links["ladder_run"], links["alignment_runs"]) == ("train-run", "ladder-run", lineage.UNKNOWN)
-    assert '"low": 3.1' in links["scaling_prediction"] and '"passed": true' in links["scaling_gate"]
-    assert lineage.from_tags({**lineage.to_tags(links), "other": "x"}) == links
-    with pytest.raises(ValueError, match="letters, digits and underscores"):
-        lineage.collect(ws, MD5, None, "eval-run", "suite1", None, {"bad key": "x"})
+
+    scaling = {"status": "overridden", "reasons": ["outside the interval"], "override_reason": "known warmup bug"}
+    tree = lineage.collect(ws, model.path / PRETRAIN_MODEL_DIR, None, "eval-run", suite, scaling, {"ladder": ladder.version})
+
+    trained = tree["inputs"]["model"]
+    assert (trained["stage"], trained["version"], trained["mlflow_run"]) == (PRETRAIN_STAGE, model.version, runs[PRETRAIN_STAGE])
+    assert trained["inputs"]["tokenizer"]["mlflow_run"] == runs["tokenizer"]
+    assert trained["inputs"]["shards"]["mlflow_run"] == runs["tokenizer"]  # the tokenizer run packed them
+    dataset = trained["inputs"]["dataset"]
+    assert (dataset["value"], dataset["dvc_remote"]) == (md5, str(ws.dvc_remote))
+    assert dataset["inputs"]["data"]["mlflow_run"] == runs["data"]
+    assert dataset["inputs"]["data"]["inputs"]["corpus"] == {"value": "raw-corpus-hash"}
+    assert tree["inputs"]["ladder"]["mlflow_run"] == runs["ladder"]
+    assert tree["inputs"]["scaling_gate"]["value"] == "overridden"
+    assert all(node["code"] == code_fingerprint(PRETRAIN_CODE) for node in nodes(tree) if "stage" in node)
+    # Outside a Prefect flow run only the flow-run links are empty.
+    assert {gap.rsplit(": ", 1)[1] for gap in missing(tree)} == {"prefect_flow_run"}
+    tags = lineage.to_tags(tree)
+    assert tags["ladder.lineage.dataset_md5"] == md5 and tags["ladder.lineage.corpus"] == "raw-corpus-hash"
+    assert tags["ladder.lineage.training_runs"] == runs[PRETRAIN_STAGE]
+    assert tags["ladder.lineage.scaling_gate"] == "overridden"
+    assert any(line.strip().startswith(f"tokenizer: tokenizer {tokenizer.version}") for line in render(tree))

@@ -5,7 +5,20 @@ from __future__ import annotations
 import pytest
 
 from tasks.evals.config import GatePolicy
-from tasks.evals.gate import ALIGNMENT_TAX, FLOOR, REGRESSION, SCALING, judge, report_markdown
+from tasks.evals.gate import (
+    ADVISORY,
+    ALIGNMENT_TAX,
+    FAILED,
+    FLOOR,
+    OVERRIDDEN,
+    PASSED,
+    REGRESSION,
+    SCALING,
+    ScalingGate,
+    judge,
+    report_markdown,
+    scaling_outcome,
+)
 from tasks.evals.runner import Metric
 
 POLICY = GatePolicy(
@@ -14,6 +27,8 @@ POLICY = GatePolicy(
     z=2.0,
     alignment_tax={"cloze/acc": 0.05},
 )
+ADVISORY_POLICY = POLICY.model_copy(update={"scaling_gate": "advisory"})
+MISSED = ScalingGate(FAILED, ["actual loss 3.1 is outside the interval"], prediction={"loss": 2.8}).to_dict()
 
 
 def table(bpb: float, acc: float, bpb_se: float = 0.001, acc_se: float = 0.01) -> dict[str, Metric]:
@@ -47,17 +62,68 @@ def test_a_regression_beyond_the_noise_fails_and_one_within_it_passes() -> None:
     assert judge(table(1.5, 0.9), POLICY, champion).passed
 
 
-def test_alignment_tax_bound_and_scaling_gate() -> None:
+def test_alignment_tax_bound() -> None:
     base = table(2.0, 0.60)
     assert failed(judge(table(2.0, 0.50), POLICY, base=base)) == {(ALIGNMENT_TAX, "cloze/acc")}
     assert judge(table(2.0, 0.57), POLICY, base=base).passed
-    missed = {"passed": False, "reasons": ["actual loss 3.1 is outside the interval"]}
-    assert failed(judge(table(2.0, 0.6), POLICY, scaling_gate=missed)) == {(SCALING, None)}
-    advisory = POLICY.model_copy(update={"scaling_gate": "advisory"})
-    assert judge(table(2.0, 0.6), advisory, scaling_gate=missed).passed
-    assert judge(table(2.0, 0.6), POLICY, scaling_gate={**missed, "override": "approved by the lead"}).passed
-    with pytest.raises(ValueError, match="'passed'"):
-        judge(table(2.0, 0.6), POLICY, scaling_gate={"reasons": []})
+
+
+def _scaling(decision) -> str:
+    (line,) = [reason for reason in decision.reasons if f" {SCALING}: " in reason]
+    return line
+
+
+def test_scaling_gate_outcomes_are_reported_as_what_they_are() -> None:
+    # a miss under a required policy fails the check
+    required = judge(table(2.0, 0.6), POLICY, scaling_gate=MISSED)
+    assert failed(required) == {(SCALING, None)}
+    assert _scaling(required).startswith("FAIL scaling_prediction: failed: actual loss 3.1")
+    # an override lets it through, reported as overridden with its reason, not as a pass
+    let_through = {**MISSED, "status": OVERRIDDEN, "override_reason": "approved by the lead"}
+    overridden = judge(table(2.0, 0.6), POLICY, scaling_gate=let_through)
+    assert overridden.passed
+    assert _scaling(overridden).startswith("OVERRIDDEN scaling_prediction: missed its prediction, overridden (approved by the lead)")
+    # an advisory policy reports the miss as advisory
+    advisory = judge(table(2.0, 0.6), ADVISORY_POLICY, scaling_gate=MISSED)
+    assert advisory.passed and _scaling(advisory).startswith("ADVISORY scaling_prediction")
+    # the policy in force decides: a miss marked advisory fails under a required policy
+    assert failed(judge(table(2.0, 0.6), POLICY, scaling_gate={**MISSED, "status": ADVISORY})) == {(SCALING, None)}
+    assert _scaling(judge(table(2.0, 0.6), POLICY, scaling_gate={**MISSED, "status": PASSED})).startswith("PASS")
+    markdown = report_markdown(overridden, "promoted", {}, table(2.0, 0.6), POLICY)
+    assert "| ⚠️ overridden | scaling_prediction | — | missed its prediction, overridden (approved by the lead)" in markdown
+
+
+def test_a_malformed_scaling_gate_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"missing \['status'\], unknown \['passed'\]"):
+        judge(table(2.0, 0.6), POLICY, scaling_gate={"passed": False, "reasons": []})
+    with pytest.raises(ValueError, match="not one of"):
+        ScalingGate("skipped", [])
+    with pytest.raises(ValueError, match="needs the reason it was overridden for"):
+        ScalingGate(OVERRIDDEN, ["missed"])
+    with pytest.raises(ValueError, match="only an overridden one has one"):
+        ScalingGate(FAILED, ["missed"], override_reason="why not")
+
+
+def _target(status: str, override_reason: str = "") -> dict:
+    """What the scaling stage's target_gate returns."""
+    return {"status": status, "passed": status == PASSED, "reasons": ["relative error +12.00% is beyond the tolerance"],
+            "rel_error": 0.12, "actual": 3.1, "prediction": {"loss": 2.8, "low": 2.7, "high": 2.9},
+            "override_reason": override_reason}
+
+
+def test_the_pipeline_stops_only_at_a_miss_the_policy_requires_and_nobody_overrode() -> None:
+    stopped = scaling_outcome(_target(FAILED), POLICY)
+    assert (stopped.status, stopped.blocks) == (FAILED, True)
+    advisory = scaling_outcome(_target(FAILED), ADVISORY_POLICY)
+    assert (advisory.status, advisory.blocks) == (ADVISORY, False)
+    for policy in (POLICY, ADVISORY_POLICY):
+        overridden = scaling_outcome(_target(OVERRIDDEN, "known tokenizer change"), policy)
+        assert (overridden.status, overridden.override_reason, overridden.blocks) == (OVERRIDDEN, "known tokenizer change", False)
+        assert scaling_outcome(_target(PASSED), policy).status == PASSED
+    # what evaluate receives: every field, the prediction included, and nothing else
+    assert advisory.to_dict() == {"status": ADVISORY, "reasons": ["relative error +12.00% is beyond the tolerance"],
+                                  "override_reason": "", "prediction": {"loss": 2.8, "low": 2.7, "high": 2.9}}
+    assert ScalingGate.from_dict(advisory.to_dict()) == advisory
 
 
 def test_report_names_the_outcome_every_reason_and_the_policy() -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ladder.artifacts import ArtifactStore, StageOutput
+from ladder.artifacts import StageOutput
 from ladder.config import build
 from ladder.tracking import stage_run
 from tasks.scaling.ladder import LadderConfig, Point, rung_config, rung_points
-from tasks.scaling.stage import LadderStageConfig, build_ladder, stored_fit, target_gate
+from tasks.scaling.stage import CODE, LadderStageConfig, build_ladder, stored_fit, target_gate
 from tasks.train.config import TrainConfig
 
 
@@ -66,7 +66,7 @@ def _law_points() -> list[Point]:
 
 def test_target_gate_fails_a_run_that_misses_its_prediction(workspace, prefect_harness):
     cfg = LadderStageConfig(ladder=LadderConfig(), train=TrainConfig())
-    store = ArtifactStore(workspace.artifacts)
+    store = workspace.store()
 
     def build_it(out: Path) -> StageOutput:
         with stage_run(workspace, "ladder", cfg) as run:
@@ -74,7 +74,7 @@ def test_target_gate_fails_a_run_that_misses_its_prediction(workspace, prefect_h
             (out / "mlflow_run_id").write_text(run.info.run_id)
         return output
 
-    artifact, _ = store.run_stage("ladder", cfg, {"shards": "synthetic"}, build_it)
+    artifact, _ = store.run_stage("ladder", cfg, {"shards": "synthetic"}, build_it, code=CODE)
     assert abs(artifact.metrics["holdout_rel_error"]) < 0.01
     _, prediction, _ = stored_fit(artifact)
     assert prediction.low <= 1.7 + 400 / 3.2e8**0.34 + 410 / 4e9**0.28 <= prediction.high
