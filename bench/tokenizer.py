@@ -14,7 +14,7 @@ One run prints:
 2. Packing efficiency (non-padding tokens / all tokens) of the stage's packed shards against
    pad-to-longest batching of the same tokens (one document per row, cut at the sequence
    length, batches of consecutive rows padded to their longest row). Ratio packed / padded.
-3. Loader throughput in tokens/s: ``tasks.tokenizer.loader.PackedLoader`` batches (inputs,
+3. Loader throughput in tokens/s: ``tasks.train.loader.PackedLoader`` batches (inputs,
    labels, position ids, block-diagonal masks) against reading the same rows from the
    memory-mapped shards alone. Ratio loader / raw read.
 
@@ -50,8 +50,9 @@ from tasks.data.normalize import normalize
 from tasks.tokenizer.config import TokenizerConfig
 from tasks.tokenizer.hf import save_hf
 from tasks.tokenizer.pack import pack_split
-from tasks.tokenizer.shards import PackedShards
 from tasks.tokenizer.train import load_encoder, sample_rate, train_candidate, training_texts
+from tasks.train.loader import PackedLoader
+from tasks.train.shards import PackedShards
 
 BATCH_SIZE = 8
 LOADER_BATCHES = 200
@@ -136,11 +137,6 @@ def compare_packing(tokenizer_dir: Path, data_dir: Path, cfg: TokenizerConfig, o
 
 
 def loader_throughput(shards: PackedShards) -> None:
-    try:
-        from tasks.tokenizer.loader import PackedLoader
-    except ImportError:
-        print("\n3. loader throughput: tasks.tokenizer.loader is missing")
-        return
     loader = PackedLoader(shards, batch_size=BATCH_SIZE, seed=0)
     batches = min(LOADER_BATCHES, loader.batches_per_epoch)
     tokens = batches * BATCH_SIZE * shards.seq_len

@@ -37,12 +37,13 @@ import torch
 
 from ladder.config import build
 from models.llama import build_model, causal_lm_loss, count_params, flops_per_token
-from tasks.tokenizer.loader import PackedLoader, document_inputs
-from tasks.tokenizer.shards import PackedShards, write_packed
+from tasks.tokenizer.shards import write_packed
+from tasks.train.loader import PackedLoader, document_inputs
 from tasks.train.config import TrainConfig
 from tasks.train.continued import resolve_model_config
 from tasks.train.loop import train
 from tasks.train.perf import matmul_flops
+from tasks.train.shards import PackedShards
 
 VOCAB, SEQ_LEN, BATCH = 1024, 128, 8
 MODEL = {"d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 4, "intermediate_size": 688, "max_seq_len": SEQ_LEN}

@@ -6,10 +6,11 @@ from typing import Any
 
 from prefect import flow
 
+from app.project import ProjectConfig
 from flows.evaluate import evaluate_flow
 from ladder import progress
 from ladder.config import load
-from ladder.project import ProjectConfig
+from ladder.tags import ALIGN_ITERATION, ALIGN_REFERENCE
 from ladder.workspace import Workspace
 from tasks.align.checkpoints import resolve_base
 from tasks.align.dpo import reward_margin, train_dpo
@@ -62,7 +63,7 @@ def align_flow(
     policy, dpo_runs = sft, []
     for iteration in range(1, cfg.iterations + 1):
         pairs = sample_preferences(ws, cfg.sampling, policy, instructions, "train", iteration)
-        round_tags = {**tags, "ladder.align.iteration": str(iteration), "ladder.align.reference_version": policy.version}
+        round_tags = {**tags, ALIGN_ITERATION: str(iteration), ALIGN_REFERENCE: policy.version}
         policy = train_dpo(ws, cfg.dpo, policy, pairs)
         dpo_runs.append(log_training_run(ws, "dpo", cfg.dpo, policy, align_run, round_tags, preferences=pairs))
     heldout_pairs = sample_preferences(ws, cfg.sampling, sft, instructions, "heldout")

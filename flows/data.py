@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import flow
 
+from app.project import ProjectConfig
 from ladder import progress
 from ladder.config import load
-from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
 from tasks.data.corpus import corpus_version, list_inputs
 from tasks.data.curate import curate

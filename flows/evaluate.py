@@ -7,9 +7,9 @@ from typing import Any
 
 from prefect import flow
 
+from app.project import ProjectConfig
 from ladder import progress
 from ladder.config import load
-from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
 from tasks.evals.gate import check_policy
 from tasks.evals.registry import PROMOTED, REJECTED

@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import flow
 
+from app.project import ProjectConfig
 from ladder import progress
 from ladder.config import load
-from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
 from tasks.scaling.stage import publish_ladder, run_ladder
 from tasks.train.stage import resolve_inputs_task

@@ -19,6 +19,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from app.project import ProjectConfig
 from flows.align import align_flow
 from flows.data import data_flow
 from flows.evaluate import evaluate_flow
@@ -26,7 +27,6 @@ from flows.ladder import ladder_flow
 from flows.pretrain import pretrain_flow
 from flows.tokenizer import tokenizer_flow
 from ladder.config import load
-from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
 from tasks.align.report import ACCURACY
 from tasks.data.dataset import resolve_dataset

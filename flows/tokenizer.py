@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import flow
 
+from app.project import ProjectConfig
 from ladder import progress
 from ladder.config import load
-from ladder.project import ProjectConfig
 from ladder.workspace import Workspace
 from tasks.data.dataset import resolve_dataset
 from tasks.tokenizer.stage import SHARDS_DIR, TOKENIZER_DIR, pack_shards, publish, train_and_select

@@ -3,7 +3,8 @@
 Each stage owns its config section (defined beside the stage's tasks). A profile is a YAML
 file that overrides section defaults; the command line overrides the profile with dotted
 keys (``train.lr=3e-4``). Unknown keys are errors, so a typo never silently falls back to a
-default.
+default. Named profiles belong to the application whose config tree they fill, so the tree's
+root section says where they live (``Section.profiles_dir``); this module knows none of them.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
-
-PROFILES_DIR = Path(__file__).parent / "profiles"
 
 S = TypeVar("S", bound="Section")
 
@@ -25,6 +24,8 @@ class Section(BaseModel):
     """Base of every config section: frozen, unknown keys rejected, serialisable to YAML."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    profiles_dir: ClassVar[Path | None] = None
+    """Where the named profiles (``<name>.yaml``) of a root section live; None: profiles are YAML paths only."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -68,21 +69,23 @@ def _set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def profile_path(profile: str) -> Path:
-    """A profile name (``tiny``) or a path to a YAML file."""
+def profile_path(profile: str, profiles_dir: Path | None = None) -> Path:
+    """A profile name (``tiny``, a file of ``profiles_dir``) or a path to a YAML file."""
     candidate = Path(profile)
     if candidate.suffix in {".yaml", ".yml"} and candidate.exists():
         return candidate
-    named = PROFILES_DIR / f"{profile}.yaml"
-    if not named.exists():
-        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    if profiles_dir is None or not (profiles_dir / f"{profile}.yaml").exists():
+        known = sorted(p.stem for p in profiles_dir.glob("*.yaml")) if profiles_dir else []
         raise ValueError(f"unknown profile {profile!r}: use one of {known} or a path to a YAML file")
-    return named
+    return profiles_dir / f"{profile}.yaml"
 
 
-def load_tree(profile: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """The raw tree of a profile with the dotted overrides applied (not yet validated)."""
-    path = profile_path(profile)
+def load_tree(
+    profile: str, overrides: list[str] | tuple[str, ...] = (), profiles_dir: Path | None = None
+) -> dict[str, Any]:
+    """The raw tree of a profile (a name in ``profiles_dir`` or a YAML path) with the dotted overrides
+    applied, not yet validated."""
+    path = profile_path(profile, profiles_dir)
     tree = yaml.safe_load(path.read_text()) or {}
     if not isinstance(tree, dict):
         raise ValueError(f"profile {path} must be a YAML mapping of sections")
@@ -103,6 +106,6 @@ def build(cls: type[S], tree: dict[str, Any], source: str = "config") -> S:
         raise ValueError(f"invalid {source}: {problems}") from None
 
 
-def load(cls: type[S], profile: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> S:
-    """Load a profile into ``cls`` with dotted overrides applied."""
-    return build(cls, load_tree(profile, overrides), source=f"profile {profile!r}")
+def load(cls: type[S], profile: str, overrides: list[str] | tuple[str, ...] = ()) -> S:
+    """Load a profile (a name in ``cls.profiles_dir`` or a YAML path) into ``cls`` with dotted overrides applied."""
+    return build(cls, load_tree(profile, overrides, cls.profiles_dir), source=f"profile {profile!r}")

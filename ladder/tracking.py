@@ -17,11 +17,9 @@ from mlflow.tracking import MlflowClient
 from ladder.artifacts import Artifact
 from ladder.config import Section
 from ladder.workspace import Workspace
+from ladder.tags import ARTIFACT_PATH, ARTIFACT_VERSION, GIT_COMMIT, PREFECT_FLOW_RUN, PRODUCED, STAGE, input_tags
 
 EXPERIMENT = "ladder"
-# Every artifact a run produced, "stage:version,...": how lineage finds the run behind an artifact.
-PRODUCED_TAG = "ladder.artifacts"
-PREFECT_RUN_TAG = "ladder.prefect_flow_run_id"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -70,16 +68,15 @@ def stage_run(
         mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config.to_dict()).items()})
         mlflow.log_param("config_hash", config.hash())
         mlflow.log_text(config.to_yaml(), "config.yaml")
-        lineage = {"ladder.stage": stage, "ladder.git_commit": ws.git_commit(), **prefect_flow_run()}
+        lineage = {STAGE: stage, GIT_COMMIT: ws.git_commit(), **prefect_flow_run()}
         made = [(artifact.stage, artifact.version)] if artifact is not None else []
         made += produces or []
         if made:
-            lineage[PRODUCED_TAG] = ",".join(f"{s}:{v}" for s, v in made)
+            lineage[PRODUCED] = ",".join(f"{s}:{v}" for s, v in made)
         if artifact is not None:
-            lineage["ladder.artifact_version"] = artifact.version
-            lineage["ladder.artifact_path"] = str(artifact.path)
-            for name, version in artifact.manifest["inputs"].items():
-                lineage[f"ladder.input.{name}"] = str(version)
+            lineage[ARTIFACT_VERSION] = artifact.version
+            lineage[ARTIFACT_PATH] = str(artifact.path)
+            lineage.update(input_tags(artifact.manifest["inputs"]))
         lineage.update(tags or {})
         mlflow.set_tags(lineage)
         yield run
@@ -89,17 +86,17 @@ def prefect_flow_run() -> dict[str, str]:
     """The tag naming the current Prefect flow run (none outside a flow run)."""
     from prefect.runtime import flow_run
 
-    return {PREFECT_RUN_TAG: str(flow_run.id)} if flow_run.id else {}
+    return {PREFECT_FLOW_RUN: str(flow_run.id)} if flow_run.id else {}
 
 
 def producing_run(ws: Workspace, version: str) -> dict[str, str]:
     """The MLflow run and Prefect flow run that produced the artifact ``version`` (the first, if rebuilt)."""
     runs = MlflowClient().search_runs(
         [experiment_id(ws)],
-        filter_string=f"tags.`{PRODUCED_TAG}` LIKE '%:{version}%'",
+        filter_string=f"tags.`{PRODUCED}` LIKE '%:{version}%'",
         order_by=["attributes.start_time ASC"],
         max_results=1,
     )
     if not runs:
         return {}
-    return {"mlflow_run": runs[0].info.run_id, "prefect_flow_run": runs[0].data.tags.get(PREFECT_RUN_TAG, "")}
+    return {"mlflow_run": runs[0].info.run_id, "prefect_flow_run": runs[0].data.tags.get(PREFECT_FLOW_RUN, "")}

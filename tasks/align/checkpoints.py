@@ -19,6 +19,8 @@ from prefect.cache_policies import NO_CACHE
 
 from ladder.artifacts import Artifact, hash_files
 from ladder.config import content_hash
+from ladder.lineage import containing
+from ladder.tags import LINEAGE_PREFIX
 from ladder.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -32,7 +34,7 @@ class ModelRef:
     """A checkpoint directory and the version that names it in stage inputs and lineage."""
 
     model_dir: Path
-    version: str  # the stage artifact's version, or a content hash of the files for a base model
+    version: str  # the stage artifact's version, or a content hash of the files for a model from elsewhere
     registry_version: str | None = None  # "<registered model>/<version>" when it came from the registry
     training_run_id: str | None = None  # the MLflow run that produced it, when known
     artifact: Artifact | None = None  # the stage artifact holding it (SFT and DPO models)
@@ -104,13 +106,15 @@ def resolve_base(ws: Workspace, registered_model: str, base_model_dir: str | Non
     if base_model_dir is not None:
         path = Path(base_model_dir).resolve()
         check_model_dir(path)
-        return ModelRef(path, model_version(path))
+        # A model a stage trained is named by its artifact's version, so lineage walks on from it.
+        trained = containing(ws.store(), str(path))
+        return ModelRef(path, trained.version if trained else model_version(path))
     champion = registry.alias_version(registered_model, registry.CHAMPION)
     if champion is not None:
         found = registry.resolve(f"{registered_model}/{champion}")
         path = _download_champion(ws, registered_model, champion)
         check_model_dir(path)
-        run = found.tags.get("ladder.lineage.training_runs")
+        run = found.tags.get(f"{LINEAGE_PREFIX}training_runs")
         return ModelRef(path, model_version(path), f"{registered_model}/{champion}", run)
     candidate = resolve_candidate.fn(ws, None, None)
     check_model_dir(candidate.model_dir)

@@ -14,6 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ladder.config import Section
+from ladder.tags import ALIGN_PASSED_TAX, BASE_MODEL_PREFIX, DATASET, INSTRUCTIONS
 from ladder.tracking import stage_run
 from ladder.workspace import Workspace
 from tasks.align.checkpoints import ModelRef
@@ -27,15 +28,15 @@ REPORT = "alignment_report.md"
 def lineage_tags(base: ModelRef, instructions: InstructionSet, dataset_md5: str) -> dict[str, str]:
     """The tags every alignment run carries."""
     tags = {
-        "ladder.data.md5": dataset_md5,
-        "ladder.instructions.version": instructions.version,
-        "ladder.base_model.dir": str(base.model_dir),
-        "ladder.base_model.version": base.version,
+        DATASET: dataset_md5,
+        INSTRUCTIONS: instructions.version,
+        f"{BASE_MODEL_PREFIX}dir": str(base.model_dir),
+        f"{BASE_MODEL_PREFIX}version": base.version,
     }
     if base.registry_version:
-        tags["ladder.base_model.registry_version"] = base.registry_version
+        tags[f"{BASE_MODEL_PREFIX}registry_version"] = base.registry_version
     if base.training_run_id:
-        tags["ladder.base_model.training_run"] = base.training_run_id
+        tags[f"{BASE_MODEL_PREFIX}training_run"] = base.training_run_id
     return tags
 
 
@@ -132,7 +133,7 @@ def log_report(
                 client.log_metric(parent_run_id, f"{row['model']}/{name}", float(value))
     for name, value in margin.items():
         client.log_metric(parent_run_id, f"reward_margin/{name}", float(value))
-    client.set_tag(parent_run_id, "ladder.align.passed_tax_bound", str(passed).lower())
+    client.set_tag(parent_run_id, ALIGN_PASSED_TAX, str(passed).lower())
     client.log_dict(parent_run_id, rows, "table.json")
     client.log_text(parent_run_id, markdown, REPORT)
     for model, records in answers.items():

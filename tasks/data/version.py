@@ -23,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ladder.artifacts import Artifact
+from ladder.tags import DATASET, DATA_CACHED
 from ladder.tracking import flatten, stage_run
 from ladder.workspace import Workspace
 from tasks.data.config import DataConfig
@@ -147,7 +148,7 @@ def log_dataset(ws: Workspace, cfg: DataConfig, artifact: Artifact, md5: str, ca
     digest = md5.removesuffix(".dir")
     # The DVC remote stores the directory's listing under its md5: that address names this exact dataset.
     source = f"{remote.rstrip('/')}/files/md5/{digest[:2]}/{digest[2:]}.dir"
-    tags = {"ladder.data.md5": md5, "ladder.data.cached": str(cached).lower()}
+    tags = {DATASET: md5, DATA_CACHED: str(cached).lower()}
     with stage_run(ws, STAGE, cfg, artifact, tags=tags) as run:
         with warnings.catch_warnings():
             # MLflow registers its local-file source twice and warns that the path is ambiguous between

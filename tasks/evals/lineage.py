@@ -17,12 +17,12 @@ from typing import Any
 from ladder import lineage
 from ladder.artifacts import Artifact
 from ladder.lineage import Node
+from ladder.tags import LINEAGE_PREFIX
 from ladder.tracking import producing_run
 from ladder.workspace import Workspace
 from tasks.data.dataset import resolve_dataset
 from tasks.data.version import dvc_remote
 
-PREFIX = "ladder.lineage."
 LINEAGE_JSON = "lineage.json"
 DATASET_INPUT = "dataset"
 
@@ -111,7 +111,7 @@ def to_tags(tree: Node) -> dict[str, str]:
         if name in tree["inputs"]:
             node = tree["inputs"][name]
             tags[name] = node.get("version") or str(node["value"])
-    return {f"{PREFIX}{key}": value for key, value in tags.items() if value}
+    return {f"{LINEAGE_PREFIX}{key}": value for key, value in tags.items() if value}
 
 
 def load(eval_run_id: str) -> Node:

@@ -36,6 +36,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ladder.config import content_hash
+from ladder.tags import (
+    COMPARED_TAG,
+    DECISION_TAG,
+    INPUTS_TAG,
+    KEY_TAG,
+    LOCK_EXPIRES_TAG,
+    LOCK_HOLDER_TAG,
+    LOCK_TOKEN_TAG,
+    PROMOTION_TAG,
+    REASONS_TAG,
+    REPORT_TAG,
+    SCALING_GATE,
+    SCALING_OVERRIDE,
+    SUITE_TAG,
+    SUPERSEDED_TAG,
+)
 from tasks.evals.gate import Decision, ScalingGate
 from tasks.evals.runner import MetricTable, table_from_dict
 
@@ -48,23 +64,8 @@ CHALLENGER = "challenger"
 PROMOTED = "promoted"
 REJECTED = "rejected"
 
-DECISION_TAG = "ladder.gate.decision"
-REASONS_TAG = "ladder.gate.reasons"
-REPORT_TAG = "ladder.gate.report"
-SUITE_TAG = "ladder.eval_suite"
-SUPERSEDED_TAG = "ladder.superseded_by"
-PROMOTION_TAG = "ladder.promotion"
-INPUTS_TAG = "ladder.gate.inputs"
-COMPARED_TAG = "ladder.gate.compared_with"
-KEY_TAG = "ladder.gate.key"
-SCALING_TAG = "ladder.gate.scaling"
-SCALING_OVERRIDE_TAG = "ladder.gate.scaling.override_reason"
-
 # The champion lock (see champion_lock): a registered model named NAME + LOCK_SUFFIX.
 LOCK_SUFFIX = ".champion-lock"
-LOCK_HOLDER_TAG = "ladder.lock.holder"
-LOCK_TOKEN_TAG = "ladder.lock.token"
-LOCK_EXPIRES_TAG = "ladder.lock.expires"
 # A holder does a dozen registry calls under the lock (about a second); one still holding it
 # after a minute has crashed, and its lock may be broken.
 LOCK_TTL_S = 60.0
@@ -141,9 +142,9 @@ def register_candidate(name: str, model_uri: str, tags: dict[str, str]) -> Model
 
 def scaling_tags(outcome: ScalingGate) -> dict[str, str]:
     """The scaling-law gate's outcome as searchable version tags (``tags.`ladder.gate.scaling` = 'overridden'``)."""
-    tags = {SCALING_TAG: outcome.status}
+    tags = {SCALING_GATE: outcome.status}
     if outcome.override_reason:
-        tags[SCALING_OVERRIDE_TAG] = _tag_text(outcome.override_reason)
+        tags[SCALING_OVERRIDE] = _tag_text(outcome.override_reason)
     return tags
 
 
@@ -156,18 +157,22 @@ def decided_version(name: str, inputs: str) -> ModelVersion | None:
     """The version whose gate decision on ``inputs`` answers the question now, or None.
 
     That is the champion itself, if it was judged on ``inputs`` (a candidate is not judged
-    against itself), or else the version judged on them against the current champion: after a
-    demotion, a candidate rejected against the demoted champion is judged again.
+    against itself); else a version promoted on them (it passed once, and whatever replaced
+    it passed the gate against it or was put there by hand); else the version judged on them
+    against the current champion: after a demotion, a candidate rejected against the demoted
+    champion is judged again.
     """
     champion = alias_version(name, CHAMPION)
     versions = _client().search_model_versions(f"name = '{name}'")  # none yet: an empty list
     # A version registered by a run that died before the gate recorded its decision is not reused.
-    decided = [v for v in versions if DECISION_TAG in v.tags]
-    serving = next((v for v in decided if str(v.version) == champion and v.tags.get(INPUTS_TAG) == inputs), None)
-    if serving is not None:
-        return serving
+    decided = sorted((v for v in versions if DECISION_TAG in v.tags), key=lambda v: int(v.version))
+    same = [v for v in decided if v.tags.get(INPUTS_TAG) == inputs]
+    serving = next((v for v in same if str(v.version) == champion), None)
+    promoted = next((v for v in same if v.tags[DECISION_TAG] == PROMOTED), None)
+    if serving is not None or promoted is not None:
+        return serving or promoted
     key = judgement_key(inputs, champion)
-    return min((v for v in decided if v.tags.get(KEY_TAG) == key), key=lambda v: int(v.version), default=None)
+    return next((v for v in decided if v.tags.get(KEY_TAG) == key), None)
 
 
 def _take_champion(name: str, version: str, previous: str | None) -> None:

@@ -15,7 +15,8 @@ from prefect.cache_policies import NO_CACHE
 
 from ladder.artifacts import file_sha256
 from ladder.config import content_hash
-from ladder.tracking import experiment_id, stage_run
+from ladder.tags import DATASET, EVAL_RUN, MODEL_DIR, SUITE_TAG, TRAINING_RUN
+from ladder.tracking import producing_run, stage_run
 from ladder.workspace import Workspace
 from tasks.evals import lineage, registry
 from tasks.evals.config import EvalConfig, RunConfig
@@ -101,7 +102,7 @@ def earlier_verdict(name: str, inputs: str, suite: Suite) -> dict[str, Any] | No
     found = registry.decided_version(name, inputs)
     if found is None:
         return None
-    eval_run_id = found.tags["ladder.eval_run"]
+    eval_run_id = found.tags[EVAL_RUN]
     return verdict(
         name, str(found.version), decision=found.tags[registry.DECISION_TAG], reasons=registry.reasons(found),
         alias=next(iter(registry.aliases_of(name, found.version)), None),
@@ -131,15 +132,7 @@ def resolve_candidate(ws: Workspace, model_dir: str | None, training_run_id: str
     if artifact is None:
         raise ValueError(f"no pretrained model under {ws.artifacts / PRETRAIN_STAGE}: run `ladder pretrain` or pass a model dir")
     if training_run_id is None:
-        from mlflow.tracking import MlflowClient
-
-        runs = MlflowClient().search_runs(
-            [experiment_id(ws)],
-            filter_string=f"tags.`ladder.stage` = '{PRETRAIN_STAGE}' and tags.`ladder.artifact_version` = '{artifact.version}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        training_run_id = runs[0].info.run_id if runs else None
+        training_run_id = producing_run(ws, artifact.version).get("mlflow_run")
     return Candidate(artifact.path / PRETRAIN_MODEL_DIR, training_run_id)
 
 
@@ -191,10 +184,10 @@ def log_evaluation(
     from lm_eval.utils import handle_non_serializable
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tags = {"ladder.data.md5": dataset_md5, registry.SUITE_TAG: suite.version, "ladder.model_dir": str(candidate.model_dir)}
+    tags = {DATASET: dataset_md5, SUITE_TAG: suite.version, MODEL_DIR: str(candidate.model_dir)}
     if candidate.training_run_id:
         # mlflow.parentRunId nests the eval run under the training run in the MLflow UI.
-        tags.update({"mlflow.parentRunId": candidate.training_run_id, "ladder.training_run": candidate.training_run_id})
+        tags.update({"mlflow.parentRunId": candidate.training_run_id, TRAINING_RUN: candidate.training_run_id})
     with stage_run(ws, STAGE, cfg, suite.artifact, tags=tags) as run:
         metrics = {}
         for name, metric in evaluation.table.items():
@@ -256,7 +249,7 @@ def register(
 
     The scaling-law gate's outcome under the policy is tagged too (``registry.scaling_tags``).
     """
-    tags = {**lineage.to_tags(links), registry.SUITE_TAG: suite.version, "ladder.eval_run": eval_run_id}
+    tags = {**lineage.to_tags(links), SUITE_TAG: suite.version, EVAL_RUN: eval_run_id}
     if scaling_gate is not None:
         tags.update(registry.scaling_tags(ScalingGate.from_dict(scaling_gate).under(cfg.gate.scaling_gate)))
     return str(registry.register_candidate(cfg.registered_model, model_uri, tags).version)

@@ -21,9 +21,9 @@ from pydantic import Field, model_validator
 from ladder.config import Section
 from models.llama import count_params
 from tasks.scaling.config import ScalingFitConfig
-from tasks.tokenizer.shards import PackedShards
 from tasks.train.config import TrainConfig
 from tasks.train.continued import resolve
+from tasks.train.shards import PackedShards
 
 
 class LadderConfig(Section):

@@ -19,13 +19,14 @@ from prefect.cache_policies import NO_CACHE
 
 from ladder.artifacts import Artifact, Code, StageOutput, stage_version
 from ladder.config import Section
+from ladder.tags import SCALING_GATE, SCALING_GATE_REASONS, SCALING_OVERRIDE, input_tags
 from ladder.workspace import Workspace
 from tasks.scaling.analysis import fit_scaling_law
 from tasks.scaling.fit import Prediction, ScalingFit, compute_optimal, gate, predict
 from tasks.scaling.ladder import LadderConfig, Point, plan, rung_points, target
 from tasks.scaling.plots import plot_loss_vs_compute, plot_predicted_vs_actual, summary_markdown, write_png
-from tasks.tokenizer.shards import PackedShards
 from tasks.train.config import TrainConfig
+from tasks.train.shards import PackedShards
 from tasks.train.stage import CODE as PRETRAIN_CODE, PretrainInputs, pretrain
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,7 @@ def run_ladder(ws: Workspace, ladder: LadderConfig, train: TrainConfig, inputs: 
     produces = [(STAGE, stage_version(STAGE, cfg, inputs.versions, CODE))]
 
     def build(out: Path) -> StageOutput:
-        tags = {f"ladder.input.{k}": v for k, v in inputs.versions.items()}
-        with stage_run(ws, STAGE, cfg, tags=tags, produces=produces) as run:
+        with stage_run(ws, STAGE, cfg, tags=input_tags(inputs.versions), produces=produces) as run:
             rungs = train_rungs(ws, ladder, train, inputs, run.info.run_id)
             output = build_ladder(out, cfg, collect_points(ladder, rungs, shards.seq_len), target(train, shards))
             import mlflow
@@ -197,10 +197,10 @@ def target_gate(ws: Workspace, ladder_artifact: Artifact, ladder: LadderConfig, 
     run_id = ladder_artifact.file("mlflow_run_id").read_text()
     client.log_metric(run_id, "target_actual_loss", actual_loss)
     client.log_metric(run_id, "target_rel_error", decision.rel_error)
-    client.set_tag(run_id, "ladder.gate.scaling", status)
-    client.set_tag(run_id, "ladder.gate.scaling.reasons", "; ".join(decision.reasons))
+    client.set_tag(run_id, SCALING_GATE, status)
+    client.set_tag(run_id, SCALING_GATE_REASONS, "; ".join(decision.reasons))
     if overridden:
-        client.set_tag(run_id, "ladder.gate.scaling.override_reason", ladder.override_reason)
+        client.set_tag(run_id, SCALING_OVERRIDE, ladder.override_reason)
     figure = plot_predicted_vs_actual(
         [p.n_params for p in points], [p.n_tokens for p in points], [p.loss for p in points], fit,
         target=prediction, actual=actual_loss,

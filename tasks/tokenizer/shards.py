@@ -14,6 +14,9 @@ padded. A shard directory (one per split) holds:
 
 Position ids and the block-diagonal attention mask are derived from ``doc_index``, so the
 shards store no redundant state.
+
+This module writes the shards and is the one statement of their format; training reads them
+with ``tasks.train.shards.PackedShards``, which takes the file names and dtypes from here.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ TOKENS = "tokens.bin"
 DOC_INDEX = "doc_index.bin"
 DOCS = "docs.jsonl"
 INDEX = "index.json"
+TOKEN_DTYPE = np.uint32
+DOC_INDEX_DTYPE = np.int32
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,14 @@ def write_packed(
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    row_tokens = np.full(seq_len, pad_id, dtype=np.uint32)
-    row_docs = np.full(seq_len, -1, dtype=np.int32)
+    row_tokens = np.full(seq_len, pad_id, dtype=TOKEN_DTYPE)
+    row_docs = np.full(seq_len, -1, dtype=DOC_INDEX_DTYPE)
     fill = num_rows = num_tokens = num_docs = 0
     with (out_dir / TOKENS).open("wb") as tok_fh, (out_dir / DOC_INDEX).open("wb") as doc_fh, (
         out_dir / DOCS
     ).open("w", encoding="utf-8") as docs_fh:
         for record, ids in documents:
-            stream = np.asarray([*ids, boundary_id], dtype=np.uint32)
+            stream = np.asarray([*ids, boundary_id], dtype=TOKEN_DTYPE)
             docs_fh.write(json.dumps({**record, "num_tokens": len(stream)}, sort_keys=True) + "\n")
             pos = 0
             while pos < len(stream):
@@ -100,33 +105,3 @@ def write_packed(
     }
     (out_dir / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
     return stats
-
-
-class PackedShards:
-    """Read-only, memory-mapped view of one shard directory."""
-
-    def __init__(self, directory: Path) -> None:
-        index_path = directory / INDEX
-        if not index_path.exists():
-            raise FileNotFoundError(f"no packed shards at {directory}: run `ladder tokenizer` first")
-        self.directory = directory
-        self.index: dict[str, Any] = json.loads(index_path.read_text())
-        shape = (self.index["num_sequences"], self.index["seq_len"])
-        self.tokens = np.memmap(directory / TOKENS, dtype=np.uint32, mode="r", shape=shape)
-        self.doc_index = np.memmap(directory / DOC_INDEX, dtype=np.int32, mode="r", shape=shape)
-        self._docs: list[dict[str, Any]] | None = None
-
-    def __len__(self) -> int:
-        return self.index["num_sequences"]
-
-    @property
-    def seq_len(self) -> int:
-        return self.index["seq_len"]
-
-    @property
-    def docs(self) -> list[dict[str, Any]]:
-        """Per-document records, loaded on first use (only evidence reports need them)."""
-        if self._docs is None:
-            with (self.directory / DOCS).open(encoding="utf-8") as fh:
-                self._docs = [json.loads(line) for line in fh]
-        return self._docs

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from tokenizers import Tokenizer
 
 from ladder.artifacts import Artifact, Code, StageOutput
+from ladder.tags import DATASET, TOKENIZER
 from ladder.workspace import Workspace
 from tasks.data.dataset import Dataset
 from tasks.data.document import SPLITS, iter_split
@@ -199,9 +200,8 @@ def publish(
     )
     if log_to_mlflow:
         tags = {
-            "ladder.data.md5": dataset_md5,
-            "ladder.shards_version": shards.version,
-            "ladder.tokenizer": report["chosen"],
+            DATASET: dataset_md5,
+            TOKENIZER: report["chosen"],
         }
         with stage_run(ws, "tokenizer", cfg, tokenizer, tags=tags, produces=[(shards.stage, shards.version)]):
             mlflow.log_metrics({**tokenizer.metrics, **shards.metrics})

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ladder.tags import PEAK_TFLOPS, SPIKE_PREFIX
 from tasks.train.config import SpikeGuardConfig
 from tasks.train.perf import matmul_flops, mfu
 from tasks.train.spike import SpikeEvent, SpikeGuard
@@ -43,6 +44,7 @@ class StepOutput:
     grad_norm: torch.Tensor  # () global, before clipping
     lr: float
     tokens: int  # sequence positions processed by all ranks
+    data_end: int  # mix number after the step's last batch (where its data ends)
 
 
 class Callback:
@@ -101,7 +103,7 @@ class SpikeGuardCallback(Callback):
             trainer.confirm(out.step)
         else:
             self.pending.clear()
-            trainer.request_rollback(spike)
+            trainer.request_rollback(spike, out.data_end)
 
     def on_rollback(self, trainer: Trainer, event: SpikeEvent) -> None:
         self.pending.clear()
@@ -332,7 +334,7 @@ class MLflowCallback(Callback):
             self.system_monitor.start()
         except Exception as err:  # noqa: BLE001 - system metrics are optional
             log.warning("MLflow system metrics are off: %s", err)
-        self._put("tags", {"ladder.peak_tflops_per_process": f"{trainer.peak_flops / 1e12:.3f}"})
+        self._put("tags", {PEAK_TFLOPS: f"{trainer.peak_flops / 1e12:.3f}"})
 
     def on_log(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         self._put("metrics", (step, metrics))
@@ -350,7 +352,7 @@ class MLflowCallback(Callback):
         if spike.threshold is not None:
             metrics["spike.threshold"] = spike.threshold
         self._put("metrics", (spike.step, metrics))
-        prefix = f"ladder.spike.{event.attempt}"
+        prefix = f"{SPIKE_PREFIX}{event.attempt}"
         self._put("tags", {
             f"{prefix}.step": spike.step,
             f"{prefix}.reason": spike.reason,

@@ -13,7 +13,8 @@ A checkpoint is a directory ``ckpt-<seq>-step-<step>/`` holding
 A checkpoint holds the weights *after* its step's update, which no loss has measured yet;
 only the next step's loss does. So a checkpoint becomes known-good when that next step
 passes the guard, and a rollback returns to the newest known-good one, never to a state
-that may be the spike's cause.
+that may be the spike's cause, and deletes the checkpoints after it: the newest checkpoint,
+the one a resume takes, is then never one the guard has found suspect.
 
 Every process writes into ``.tmp-<name>/``; rank 0 fsyncs the files, writes the checksums,
 renames the directory into place and fsyncs the parent. A crash at any point leaves either
@@ -200,6 +201,26 @@ class CheckpointStore:
                 shutil.rmtree(ckpt.path)
         for leftover in self.root.glob(".tmp-ckpt-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+    def discard_after(self, ckpt: Checkpoint) -> None:
+        """Delete every checkpoint written after ``ckpt``, which a rollback returns to (collective; rank 0 deletes).
+
+        They hold states the rollback found suspect (the spike's cause, or its aftermath), so a
+        resume must never pick them. Each is first renamed to a temporary name no reader looks
+        at, then deleted: a crash midway leaves none of them half-removed under its own name.
+        """
+        if self.dist.is_main:
+            hidden = []
+            for newer in self.all():
+                if newer.seq > ckpt.seq:
+                    hidden.append(self.root / f".tmp-{newer.path.name}")
+                    os.rename(newer.path, hidden[-1])
+                    log.info("rollback to %s: deleted the newer checkpoint %s", ckpt.path.name, newer.path.name)
+            fsync_path(self.root)
+            for path in hidden:
+                shutil.rmtree(path)
+        # Every rank numbers its next checkpoint from the directory listing: all must see this one.
+        _barrier(self.dist)
 
     def mark_known_good(self, ckpt: Checkpoint) -> None:
         """Record that the step after ``ckpt`` passed the spike guard (rank 0 writes)."""

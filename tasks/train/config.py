@@ -61,8 +61,9 @@ class SpikeGuardConfig(Section):
         10.0, ge=1, description="...where a spike must also exceed this multiple of the window's median norm: norms "
         "swing 4x from step to step early on (seen on the example corpus), and clipping bounds what such a step does.",
     )
-    rollback_margin_batches: int = Field(
-        4, ge=0, description="Batches skipped after the spike's batch, besides those since the checkpoint rolled back to."
+    rollback_margin_steps: int = Field(
+        4, ge=0, description="Optimizer steps' worth of data skipped after the spike step's own batches, besides all "
+        "since the checkpoint rolled back to: bad data often runs on past the first step that shows it.",
     )
     lr_scale: float = Field(0.5, gt=0, le=1, description="Learning-rate factor after a rollback; 1 keeps the schedule.")
     lr_scale_steps: int = Field(20, ge=0, description="Steps after the rollback point during which the factor applies.")
@@ -71,9 +72,12 @@ class SpikeGuardConfig(Section):
 
 
 class FaultConfig(Section):
-    """A fault injected once at a given step, for tests and demos."""
+    """A fault injected for tests and demos: in the data (it stays there) or in one step (it fires once)."""
 
-    step: int = Field(ge=1, description="Optimizer step (1-based) whose batch, learning rate or loss is corrupted.")
+    step: int = Field(
+        ge=1, description="Optimizer step (1-based) whose learning rate or loss is corrupted, or for random_batch, whose "
+        "batches (as numbered in a run that skips none) hold the random tokens, whichever step trains them.",
+    )
     kind: FaultKind = Field(description="random_batch: uniform random tokens; lr_multiply: scale the LR by factor; nan_loss: NaN loss.")
     factor: float = Field(100.0, gt=0, description="lr_multiply: the learning-rate multiplier for that step.")
 
@@ -137,11 +141,18 @@ class TrainConfig(Section):
     )
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoint cadence and retention.")
     spike_guard: SpikeGuardConfig = Field(default_factory=SpikeGuardConfig, description="Loss-spike detection and rollback.")
-    faults: list[FaultConfig] = Field([], description="Faults to inject (tests and demos); each fires once.")
+    faults: list[FaultConfig] = Field([], description="Faults to inject (tests and demos).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Validation cadence and size.")
     init: InitConfig = Field(default_factory=InitConfig, description="Continued pretraining from a checkpoint.")
     replay: ReplayConfig = Field(default_factory=ReplayConfig, description="Old data mixed in for continued pretraining.")
     seed: int = Field(0, ge=0, description="Seeds the model init, the loader's order and the injected faults.")
+    deterministic: bool = Field(
+        False,
+        description="Deterministic kernels (torch.use_deterministic_algorithms; on a GPU also "
+        "CUBLAS_WORKSPACE_CONFIG=:4096:8), which bit-identical reruns and resumes on a GPU need (CPU runs are exact "
+        "without it). Costs: slower steps wherever the fast kernel is a nondeterministic one, an error instead of a "
+        "run for an op that has no deterministic kernel, about 24 MiB more GPU memory for cuBLAS.",
+    )
     log_every: int = Field(10, ge=1, description="Steps between metric logs (loss, lr, grad norm, tokens/s, MFU).")
     peak_tflops: float | None = Field(
         None, gt=0, description="Per-process peak for MFU; default: this machine's matmul rate in `precision`, measured at start."

@@ -15,8 +15,8 @@ import torch
 
 from models.llama import ModelConfig, build_model
 from models.sizes import size_for
-from tasks.tokenizer.shards import PackedShards
 from tasks.train.config import TrainConfig
+from tasks.train.shards import PackedShards
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

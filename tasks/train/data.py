@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.tokenizer.loader import Batch, PackedLoader
-from tasks.tokenizer.shards import PackedShards
+from tasks.train.loader import Batch, PackedLoader
+from tasks.train.shards import PackedShards
 
 MAIN = "main"
 REPLAY = "replay"
@@ -140,11 +140,15 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def token_counts(shards: PackedShards, chunk_rows: int = 1 << 14) -> np.ndarray:
-    """How often each token id occurs in ``shards`` (padding excluded), read in chunks."""
-    counts = np.zeros(shards.index["vocab_size"], dtype=np.int64)
+def token_counts(shards: PackedShards, vocab_size: int, chunk_rows: int = 1 << 14) -> np.ndarray:
+    """How often each of ``vocab_size`` token ids occurs in ``shards`` (padding excluded), read in chunks.
+
+    ``vocab_size`` is the model's: shards of one run may use fewer ids than it (replayed data
+    packed before continued pretraining added tokens), and counts of all of them add up.
+    """
+    counts = np.zeros(vocab_size, dtype=np.int64)
     for start in range(0, len(shards), chunk_rows):
         tokens = shards.tokens[start : start + chunk_rows]
         real = shards.doc_index[start : start + chunk_rows] >= 0
-        counts += np.bincount(tokens[real].astype(np.int64), minlength=len(counts))
+        counts += np.bincount(tokens[real].astype(np.int64), minlength=vocab_size)
     return counts

@@ -1,4 +1,4 @@
-"""The DeepSpeed engine: process group, config from infra/deepspeed, AdamW, one training step.
+"""The DeepSpeed engine: process group, deterministic kernels, config from infra/deepspeed, AdamW, one training step.
 
 Precision ``bf16`` is ``torch.autocast`` over fp32 weights, not DeepSpeed's bf16 mode (bf16
 weights with fp32 masters inside the optimizer): with fp32 weights the model's parameters
@@ -17,6 +17,8 @@ import importlib
 import json
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +31,11 @@ from tasks.train.config import TrainConfig
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from tasks.tokenizer.loader import Batch
+    from tasks.train.loader import Batch
 
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+DETERMINISTIC_WORKSPACE = ":4096:8"  # PyTorch's reproducibility notes: about 24 MiB more GPU memory than the default
 # Keys the TrainConfig owns; a DeepSpeed file that sets them would be a second source of truth.
 OWNED_KEYS = {
     "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
@@ -57,6 +61,33 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool, cuda: bool) -> Iterator[None]:
+    """PyTorch's deterministic kernels inside the block when ``enabled`` (``train.deterministic``).
+
+    With ``cuda``, cuBLAS also gets a fixed workspace layout (``CUBLAS_WORKSPACE_CONFIG``), without
+    which PyTorch refuses deterministic matmuls; cuBLAS reads it when its first handle is made,
+    so the block must start before the process's first CUDA matmul. Both are as they were
+    after the block, for callers that run ``train`` inside their own process (tests, benchmarks).
+    """
+    if not enabled:
+        yield
+        return
+    was_enabled = torch.are_deterministic_algorithms_enabled()
+    workspace = os.environ.get(CUBLAS_WORKSPACE)
+    if cuda:
+        os.environ[CUBLAS_WORKSPACE] = DETERMINISTIC_WORKSPACE
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_enabled)
+        if workspace is None:
+            os.environ.pop(CUBLAS_WORKSPACE, None)
+        else:
+            os.environ[CUBLAS_WORKSPACE] = workspace
 
 
 def init_distributed() -> Dist:

@@ -91,8 +91,8 @@ def child_env() -> dict[str, str]:
 
 def write_config(cfg: TrainConfig, run_dir: Path, train_shards: Path) -> Path:
     """``run_dir/config.yaml``: ``cfg`` resolved against the shards, as the processes will read it."""
-    from tasks.tokenizer.shards import PackedShards
     from tasks.train.continued import resolve
+    from tasks.train.shards import PackedShards
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CONFIG_FILE

@@ -5,8 +5,10 @@ process group, builds the data, model and engine, resumes from the newest checkp
 verifies (or saves step 0), trains with callbacks, and saves the final model in HF format.
 
 A rollback (PaLM's recipe, closed-loop): restore model, optimizer, loader and guard from the
-newest known-good checkpoint; skip the mix batches from that checkpoint's position to the
-spike's plus ``rollback_margin_batches``; scale the learning rate down for
+newest known-good checkpoint and delete the newer ones (so no resume starts from them); skip
+the mix batches from that checkpoint's position to the end of the spike step's batches plus
+``rollback_margin_steps`` steps' worth (every count in the guard is in optimizer steps; a
+step is ``grad_accumulation`` mix batches); scale the learning rate down for
 ``lr_scale_steps``; record the event and its evidence in the ledger; go on. Every rank takes
 the same decision, because the values it is taken on (loss averaged over ranks, global grad
 norm) are the same on every rank.
@@ -27,8 +29,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from models.llama import flops_per_token
-from tasks.tokenizer.loader import Batch, PackedLoader
-from tasks.tokenizer.shards import PackedShards
 from tasks.train.callbacks import (
     Callback,
     CheckpointCallback,
@@ -44,9 +44,11 @@ from tasks.train.checkpoint import Checkpoint, CheckpointStore, write_json_atomi
 from tasks.train.config import TrainConfig
 from tasks.train.continued import initial_model, resolve
 from tasks.train.data import MAIN, REPLAY, TrainData, merge_ranges
-from tasks.train.engine import Dist, TrainEngine, init_distributed
+from tasks.train.engine import Dist, TrainEngine, deterministic_algorithms, init_distributed
 from tasks.train.faults import FaultInjector
+from tasks.train.loader import Batch, PackedLoader
 from tasks.train.schedule import lr_at
+from tasks.train.shards import PackedShards
 from tasks.train.spike import RetryBudgetExhausted, Spike, SpikeEvent, rare_token_mask, window_evidence
 
 if TYPE_CHECKING:
@@ -91,7 +93,7 @@ class Trainer:
         self.total_steps = cfg.total_steps(self.seq_len)
         self.store = CheckpointStore(run_dir / CHECKPOINTS_DIR, dist)
         self.ledger = self.store.read_ledger()
-        self.faults = FaultInjector(cfg.faults, cfg.seed, dist.rank, model_cfg.vocab_size)
+        self.faults = FaultInjector(cfg.faults, cfg.seed, model_cfg.vocab_size, cfg.grad_accumulation)
         self.fault_at_step: dict[int, str] = {}
         self.step = 0
         self.tokens_seen = 0
@@ -102,6 +104,7 @@ class Trainer:
         self.resumed_from: str | None = None
         self.skipped_checkpoints: list[dict[str, Any]] = []
         self._spike: Spike | None = None
+        self._spike_data_end = 0
         self._unconfirmed: Checkpoint | None = None
         self._rare: tuple[np.ndarray, float] | None = None
 
@@ -111,8 +114,10 @@ class Trainer:
     def rollback_requested(self) -> bool:
         return self._spike is not None
 
-    def request_rollback(self, spike: Spike) -> None:
+    def request_rollback(self, spike: Spike, data_end: int) -> None:
+        """Roll back before the next step; ``data_end``: the mix number after the spike step's last batch."""
         self._spike = spike
+        self._spike_data_end = data_end
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.dist.is_main:
@@ -207,6 +212,7 @@ class Trainer:
             "resumed_from": self.resumed_from,
             "skipped_checkpoints": self.skipped_checkpoints,
             "world_size": self.dist.world_size,
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         }
         for cb in self.callbacks:
             cb.on_end(self, result)
@@ -219,9 +225,12 @@ class Trainer:
         lr *= (self.lr_scale if step <= self.lr_scale_until else 1.0) * self.faults.lr_factor(due)
         self.engine.set_lr(lr)
         losses = []
-        for micro in range(self.cfg.grad_accumulation):
-            _, _, batch = next(batches)
-            batch = self.faults.batch(due, step, micro, batch)
+        injected = set(due)
+        for _ in range(self.cfg.grad_accumulation):
+            index, _, batch = next(batches)
+            if (fault := self.faults.data_fault(index)) is not None:
+                injected.add(fault)
+            batch = self.faults.batch(index, batch, self.dist.rank, self.dist.world_size)
             loss, _ = self.engine.loss(batch, self.model_cfg.z_loss)
             loss = self.faults.loss(due, loss)
             self.engine.backward(loss)
@@ -232,13 +241,15 @@ class Trainer:
         if self.dist.world_size > 1:
             self._all_reduce_sum(mean_loss)
             mean_loss = mean_loss / self.dist.world_size
-        if due:
-            self.faults.fired.update(due)
-            self.fault_at_step[step] = self.faults.describe(due) or ""
+        self.faults.fired.update(due)
+        if injected:
+            self.fault_at_step[step] = self.faults.describe(sorted(injected))
+        else:
+            self.fault_at_step.pop(step, None)  # a step trained again after a rollback, on other data
         tokens = self.cfg.global_batch_size * self.seq_len
         self.step = step
         self.tokens_seen += tokens
-        return StepOutput(step, mean_loss, grad_norm, lr, tokens)
+        return StepOutput(step, mean_loss, grad_norm, lr, tokens, self.data.position)
 
     def _broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank."""
@@ -311,11 +322,15 @@ class Trainer:
             raise RuntimeError(f"spike at step {spike.step} ({spike.reason}) but no known-good checkpoint verifies")
         ckpt = next(c for c in self.store.all() if c.path.name == name)
         start = json.loads((ckpt.path / "rank-0.json").read_text())["data"]["position"]
-        stop = self.data.position + guard.rollback_margin_batches
+        # From the spike step's data on (the guard may see it a step late), in steps of A mix batches.
+        stop = self._spike_data_end + guard.rollback_margin_steps * self.cfg.grad_accumulation
         evidence, rows = self._evidence(start, stop) if self.dist.is_main else ({}, [])
         detected_at = self.step
         self._restore(ckpt)
         self._unconfirmed = None
+        # Before the ledger records the rollback: a crash in between resumes from ``ckpt`` and
+        # meets the spike again, never from a discarded state with the rollback on record.
+        self.store.discard_after(ckpt)
         self.data.skip(start, stop)
         self.lr_scale, self.lr_scale_until = guard.lr_scale, ckpt.step + guard.lr_scale_steps
         event = SpikeEvent(
@@ -347,9 +362,9 @@ class Trainer:
 
     def _evidence(self, start: int, stop: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if self._rare is None:
-            self._rare = rare_token_mask(self.data, self.cfg.spike_guard.rare_k)
+            self._rare = rare_token_mask(self.data, self.cfg.spike_guard.rare_k, self.model_cfg.vocab_size)
         rare, baseline = self._rare
-        return window_evidence(self.data, start, stop, rare, baseline)
+        return window_evidence(self.data, self.faults, start, stop, rare, baseline)
 
     # ---- the result --------------------------------------------------------------------------
 
@@ -390,42 +405,49 @@ def train(
     Raises ``RetryBudgetExhausted`` (its message reports every rollback) when spikes outlast
     ``spike_guard.max_retries``.
     """
-    dist = init_distributed()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shards = {MAIN: PackedShards(train_shards)}
-    cfg = resolve(cfg, shards[MAIN])  # the config checkpoints are tagged with, however it was launched
-    if cfg.replay.shards_dir:
-        shards[REPLAY] = PackedShards(Path(cfg.replay.shards_dir))
-    data = TrainData(shards, cfg.replay.share, cfg.micro_batch_size, cfg.seed, dist.rank, dist.world_size)
-    val = PackedShards(val_shards)
-    if val.seq_len != data.seq_len:
-        raise ValueError(f"validation shards have seq_len {val.seq_len}, training shards {data.seq_len}: pack both alike")
-    model, model_cfg, tokenizer = initial_model(cfg, shards[MAIN], tokenizer_dir)
-    engine = TrainEngine(model, cfg, dist)
-    # On an accelerator the guard reads each step one step late, so the host never waits.
-    lag = 1 if dist.device.type == "cuda" else 0
-    callbacks: list[Callback] = []
-    if cfg.spike_guard.enabled:
-        callbacks.append(SpikeGuardCallback(cfg.spike_guard, lag))
-    callbacks += [
-        SpeedMonitor(cfg.log_every, flops_per_token(model_cfg, data.seq_len, include_logits=True), cfg.peak_tflops),
-        EvalCallback(cfg.eval.every_steps),
-        CheckpointCallback(cfg.checkpoint.every_steps),
-    ]
-    if dist.is_main:
-        callbacks += [MetricsFile(run_dir), LossCurve(run_dir)]
-        if mlflow_run_id:
-            callbacks.append(MLflowCallback(mlflow_run_id))
-    trainer = Trainer(cfg, run_dir, dist, engine, data, val, model_cfg, callbacks, tokenizer)
-    try:
-        result = trainer.fit()
-    finally:
-        for cb in callbacks:
-            cb.close()
-    if dist.is_main:
-        result["mlflow"] = next(
-            ({"failed": cb.failed, "dropped": cb.dropped} for cb in callbacks if isinstance(cb, MLflowCallback)), None
-        )
-        write_json_atomic(run_dir / RESULT, result)
+    # Before the process group, the model and the first matmul: cuBLAS reads its workspace setting once.
+    with deterministic_algorithms(cfg.deterministic, cuda=torch.cuda.is_available()):
+        dist = init_distributed()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shards = {MAIN: PackedShards(train_shards)}
+        cfg = resolve(cfg, shards[MAIN])  # the config checkpoints are tagged with, however it was launched
+        if cfg.replay.shards_dir:
+            shards[REPLAY] = PackedShards(Path(cfg.replay.shards_dir))
+        data = TrainData(shards, cfg.replay.share, cfg.micro_batch_size, cfg.seed, dist.rank, dist.world_size)
+        val = PackedShards(val_shards)
+        if val.seq_len != data.seq_len:
+            raise ValueError(f"validation shards have seq_len {val.seq_len}, training shards {data.seq_len}: pack both alike")
+        model, model_cfg, tokenizer = initial_model(cfg, shards[MAIN], tokenizer_dir)
+        if REPLAY in shards and shards[REPLAY].index["vocab_size"] > model_cfg.vocab_size:
+            raise ValueError(
+                f"the replay shards at {cfg.replay.shards_dir} use {shards[REPLAY].index['vocab_size']} token ids but the "
+                f"model has {model_cfg.vocab_size}: pack the replay data with the base model's tokenizer"
+            )
+        engine = TrainEngine(model, cfg, dist)
+        # On an accelerator the guard reads each step one step late, so the host never waits.
+        lag = 1 if dist.device.type == "cuda" else 0
+        callbacks: list[Callback] = []
+        if cfg.spike_guard.enabled:
+            callbacks.append(SpikeGuardCallback(cfg.spike_guard, lag))
+        callbacks += [
+            SpeedMonitor(cfg.log_every, flops_per_token(model_cfg, data.seq_len, include_logits=True), cfg.peak_tflops),
+            EvalCallback(cfg.eval.every_steps),
+            CheckpointCallback(cfg.checkpoint.every_steps),
+        ]
+        if dist.is_main:
+            callbacks += [MetricsFile(run_dir), LossCurve(run_dir)]
+            if mlflow_run_id:
+                callbacks.append(MLflowCallback(mlflow_run_id))
+        trainer = Trainer(cfg, run_dir, dist, engine, data, val, model_cfg, callbacks, tokenizer)
+        try:
+            result = trainer.fit()
+        finally:
+            for cb in callbacks:
+                cb.close()
+        if dist.is_main:
+            result["mlflow"] = next(
+                ({"failed": cb.failed, "dropped": cb.dropped} for cb in callbacks if isinstance(cb, MLflowCallback)), None
+            )
+            write_json_atomic(run_dir / RESULT, result)
     return result
 

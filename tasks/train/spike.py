@@ -21,6 +21,7 @@ import numpy as np
 
 from tasks.train.config import SpikeGuardConfig
 from tasks.train.data import TrainData, token_counts
+from tasks.train.faults import INJECTED, FaultInjector
 
 # MAD x 1.4826 estimates the standard deviation of a normal distribution.
 MAD_TO_SIGMA = 1.4826
@@ -131,33 +132,45 @@ class SpikeGuard:
         self.grad_norms = deque(state["grad_norms"], maxlen=self.cfg.window)
 
 
-def rare_token_mask(data: TrainData, rare_k: int) -> tuple[np.ndarray, float]:
-    """Tokens seen fewer than ``rare_k`` times in all training shards, and their share of all tokens."""
-    counts = sum(token_counts(shards) for shards in data.shards.values())
+def rare_token_mask(data: TrainData, rare_k: int, vocab_size: int) -> tuple[np.ndarray, float]:
+    """Which of the model's ``vocab_size`` tokens were seen fewer than ``rare_k`` times in all
+    training shards, and the share of those tokens in the shards."""
+    counts = sum(token_counts(shards, vocab_size) for shards in data.shards.values())
     rare = counts < rare_k
     total = int(counts.sum())
     return rare, float(counts[rare].sum() / total) if total else 0.0
 
 
 def window_evidence(
-    data: TrainData, start: int, stop: int, rare: np.ndarray, baseline_rare_share: float, top: int = 20
+    data: TrainData,
+    faults: FaultInjector,
+    start: int,
+    stop: int,
+    rare: np.ndarray,
+    baseline_rare_share: float,
+    top: int = 20,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Summary and per-document rows for mix batches ``[start, stop)`` not skipped before.
 
     Per document: its record from ``docs.jsonl`` (id, source, the data stage's statistics),
-    the tokens it has in the window and their rare-token share. The summary names the
-    sources, the window's rare-token share against the corpus's, and the ``top`` documents
-    with the highest rare-token share.
+    the tokens it has in the window and their rare-token share. A batch an injected data
+    fault replaced counts as what was trained: one row for the fault (source ``injected``),
+    none for the documents whose places its tokens took. The summary names the sources, the
+    window's rare-token share against the corpus's, and the ``top`` documents with the
+    highest rare-token share.
     """
-    per_doc: dict[tuple[str, int], list[int]] = {}  # (shard source, doc row) -> [tokens, rare tokens]
+    per_doc: dict[tuple[str, int], list[int]] = {}  # (shard source or INJECTED, doc row or fault) -> [tokens, rare tokens]
     batches = sequences = tokens = rare_tokens = 0
     for index in range(start, stop):
         if data.skipped(index):
             continue
         source, batch = data.global_batch(index)
-        ids = batch.input_ids.numpy()  # (G, T)
         docs = batch.doc_index  # (G, T)
         real = docs >= 0
+        if (fault := faults.data_fault(index)) is not None:
+            source, batch = INJECTED, faults.batch(index, batch, rank=0, world_size=1)
+            docs = np.where(real, fault, -1)
+        ids = batch.input_ids.numpy()  # (G, T)
         is_rare = rare[ids] & real
         doc_rows, inverse = np.unique(docs[real], return_inverse=True)
         doc_tokens = np.bincount(inverse)
@@ -172,7 +185,7 @@ def window_evidence(
         rare_tokens += int(is_rare.sum())
     rows = []
     for (source, row), (n, r) in per_doc.items():
-        record = data.shards[source].docs[row]
+        record = faults.record(row) if source == INJECTED else data.shards[source].docs[row]
         rows.append({**record, "shards": source, "tokens_in_window": n, "rare_token_share": r / n if n else 0.0})
     rows.sort(key=lambda d: (-d["rare_token_share"], -d["tokens_in_window"], d["id"]))
     by_source: dict[str, int] = {}

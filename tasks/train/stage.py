@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ladder.artifacts import MANIFEST, Artifact, Code, StageOutput, hash_files, stage_version
 from ladder.config import content_hash
+from ladder.tags import ARTIFACT_VERSION, LOADER_SEED, input_tags
 from ladder.workspace import Workspace
 from tasks.tokenizer.stage import SHARDS_DIR, TOKENIZER_DIR
 from tasks.train.config import TrainConfig
@@ -30,9 +31,10 @@ from tasks.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 STAGE = "pretrain"
-# The loader and shard reader come from tasks.tokenizer; numpy draws the loader's shuffle order.
+# The shard reader takes the format from its writer in tasks.tokenizer.shards; numpy draws the
+# loader's shuffle order.
 CODE = Code(
-    ("tasks.train", "tasks.tokenizer.loader", "tasks.tokenizer.shards", "models"),
+    ("tasks.train", "tasks.tokenizer.shards", "models"),
     ("torch", "deepspeed", "transformers", "numpy"),
 )
 # The tokenizer stage's artifacts: <shards>/shards/<split>/ and <tokenizer>/tokenizer/.
@@ -149,9 +151,9 @@ def build_pretrain(
     from tasks.train.launch import run_training
 
     tags = {
-        "ladder.artifact_version": run_dir.name,
-        "ladder.loader_seed": str(cfg.seed),
-        **{f"ladder.input.{name}": version for name, version in inputs.versions.items()},
+        ARTIFACT_VERSION: run_dir.name,
+        LOADER_SEED: str(cfg.seed),
+        **input_tags(inputs.versions),
     }
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
@@ -202,7 +204,7 @@ def pretrain(
     exhausted) becomes a Prefect markdown artifact before the task fails with it. With
     ``parent_run_id`` the MLflow run is that run's child.
     """
-    from tasks.tokenizer.shards import PackedShards
+    from tasks.train.shards import PackedShards
     from tasks.train.continued import resolve
     from tasks.train.launch import TrainingFailed
 

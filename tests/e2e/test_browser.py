@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from app.deploy import CODE_ROOT
+from app.project import ProjectConfig
 from ladder import services
 from ladder.config import load
-from ladder.deploy import CODE_ROOT
-from ladder.project import ProjectConfig
 from ladder.tracking import EXPERIMENT
 from ladder.workspace import Workspace
 from tasks.evals.registry import CHAMPION

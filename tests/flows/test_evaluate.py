@@ -24,12 +24,13 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from typer.testing import CliRunner
 
+from app.cli import app
 from flows.evaluate import evaluate_flow
 from ladder import services
-from ladder.cli import app
 from ladder.runtime import configure
 from ladder.tracking import stage_run
 from ladder.workspace import Workspace
+from ladder import tags
 from models.llama import ModelConfig
 from tests.tiny_lm import save_tiny_lm
 from tasks.data.document import iter_split
@@ -263,8 +264,8 @@ def test_the_scaling_gate_outcome_is_judged_and_tagged_as_what_it_is(stack: Stac
     assert any(r.startswith("ADVISORY scaling_prediction") for r in advisory["reasons"])
     assert required["reasons"][0].startswith("FAIL scaling_prediction: failed: actual loss 3.9000")
     client = MlflowClient()
-    tags = [client.get_model_version(name, r["version"]).tags for r in (overridden, advisory, required)]
-    assert [t[registry.SCALING_TAG] for t in tags] == [OVERRIDDEN, ADVISORY, FAILED]
-    assert [t.get(registry.SCALING_OVERRIDE_TAG) for t in tags] == ["known tokenizer change", None, None]
-    found = client.search_model_versions(f"name = '{name}' and tags.`{registry.SCALING_TAG}` = '{OVERRIDDEN}'")
+    recorded = [client.get_model_version(name, r["version"]).tags for r in (overridden, advisory, required)]
+    assert [t[tags.SCALING_GATE] for t in recorded] == [OVERRIDDEN, ADVISORY, FAILED]
+    assert [t.get(tags.SCALING_OVERRIDE) for t in recorded] == ["known tokenizer change", None, None]
+    found = client.search_model_versions(f"name = '{name}' and tags.`{tags.SCALING_GATE}` = '{OVERRIDDEN}'")
     assert [v.version for v in found] == [overridden["version"]]

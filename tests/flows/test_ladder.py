@@ -69,7 +69,7 @@ def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
     # MLflow: each rung's training run hangs under the ladder's run, which holds the fit.
     (ladder_run,) = _runs(workspace, "ladder")
     assert ladder_run.info.run_id == first["mlflow_run_id"]
-    assert ladder_run.data.tags["ladder.input.dataset"] == MD5
+    assert ladder_run.data.tags["ladder.data.md5"] == MD5
     assert ladder_run.data.metrics["predicted_loss"] == pytest.approx(prediction["loss"])
     rungs = _runs(workspace, "pretrain")
     assert len(rungs) == 4

@@ -14,14 +14,16 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from app.project import ProjectConfig
 from flows.pipeline import GateStopped, pipeline_flow
 from ladder import progress
 from ladder.config import load
-from ladder.project import ProjectConfig
+from ladder.lineage import missing, nodes
 from ladder.tracking import experiment_id
 from ladder.workspace import Workspace
+from tasks.data.corpus import corpus_version, list_inputs
 from tasks.data.version import dvc_md5
-from tasks.evals import registry
+from tasks.evals import lineage, registry
 from tests.flows.small_pipeline import small_corpus, small_overrides
 from tests.tasks.align.align_corpus import one_thread
 
@@ -101,6 +103,16 @@ def test_first_run_versions_the_data_gates_the_target_and_registers_a_champion(
     aligned = summary["aligned model gate"]
     assert aligned.startswith(("promoted", "rejected")) and f"{model} v2 @" in aligned
     assert str(client.get_model_version_by_alias(model, registry.CHAMPION).version) in {"1", "2"}
+
+    # The aligned model's lineage names every artifact from DPO down to the raw corpus, each with
+    # its config hash, code fingerprint, MLflow run and Prefect flow run, and the ladder and gate.
+    tree = lineage.load(client.get_model_version(model, "2").run_id)
+    assert missing(tree) == []
+    stages = {node["stage"] for node in nodes(tree) if "stage" in node}
+    assert {"dpo", "preferences", "sft", "instructions", "pretrain", "shards", "tokenizer", "data", "ladder", "eval_suite"} <= stages
+    assert tree["inputs"]["scaling_gate"]["value"] == summary["scaling gate"].split()[0]
+    raw = corpus_version(list_inputs(load(ProjectConfig, "tiny", overrides).data.input))
+    assert {node["inputs"]["corpus"]["value"] for node in nodes(tree) if node.get("stage") == "data"} == {raw}
 
 
 def test_unchanged_rerun_finds_every_training_stage_built(

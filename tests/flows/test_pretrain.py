@@ -51,7 +51,7 @@ def test_flow_trains_rolls_back_tracks_and_caches(
     # MLflow: the run's config, lineage, per-step metrics, the spike event and the model.
     run = MlflowClient().get_run(first["mlflow_run_id"])
     assert run.data.params["max_steps"] == "60" and "config_hash" in run.data.params
-    assert run.data.tags["ladder.input.dataset"] == MD5 and run.data.tags["ladder.loader_seed"] == "0"
+    assert run.data.tags["ladder.data.md5"] == MD5 and run.data.tags["ladder.loader_seed"] == "0"
     assert run.data.tags["ladder.artifact_version"] == first["artifact_version"]
     assert "ladder.git_commit" in run.data.tags
     assert run.data.tags["ladder.spike.1.reason"] == "loss"

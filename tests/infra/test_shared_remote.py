@@ -65,7 +65,7 @@ def served_in_b(workspaces: tuple[Workspace, Workspace], tmp_path: Path) -> Iter
     prefect_file = _small_deployment(tmp_path / "prefect.yaml")
     script = (
         "import sys; from pathlib import Path; from prefect import serve; "
-        "from ladder.deploy import runner_deployments; "
+        "from app.deploy import runner_deployments; "
         "serve(*runner_deployments(['ladder-pipeline'], Path(sys.argv[1])))"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
@@ -114,9 +114,11 @@ def test_a_version_pushed_from_one_workspace_trains_in_another(workspaces, serve
     # B never held the raw corpus or a data/ checkout: the version came from the remote.
     assert not b.data.exists() and not b.data_dvc.exists()
     assert (b.state / CACHE_DIR / md5.removesuffix(".dir") / "dataset.json").is_file()
+    import mlflow
     from mlflow.tracking import MlflowClient
 
-    os.environ["MLFLOW_TRACKING_URI"] = b.mlflow_db_uri
+    # B's store, not whichever one an earlier test in this process pointed MLflow at.
+    mlflow.set_tracking_uri(b.mlflow_db_uri)
     versions = MlflowClient().search_model_versions("name = 'ladder-tiny'")
     assert versions and all(v.tags["ladder.lineage.dataset_md5"] == md5 for v in versions)
     from tasks.evals import lineage

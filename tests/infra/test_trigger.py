@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from app.deploy import emitted_versions
 from ladder import services
-from ladder.deploy import emitted_versions
 from tasks.data.version import dataset_version
 from ladder.workspace import Workspace
 

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from ladder.deploy import DATA_EVENT, INFRA_DIR, LOCAL_POOL, LOCAL_POOL_TEMPLATE, PREFECT_FILE, deployment_specs
+from app.deploy import DATA_EVENT, INFRA_DIR, LOCAL_POOL, LOCAL_POOL_TEMPLATE, PREFECT_FILE, deployment_specs
 
 K8S_TEMPLATE = INFRA_DIR / "k8s" / "gpu-job-template.json"
 

@@ -243,7 +243,7 @@ def test_a_large_file_changed_in_place_is_caught_by_the_full_verification(tmp_pa
 
 
 def test_ladder_verify_names_each_differing_file_and_exits_1(workspace: Workspace):
-    from ladder.cli import app
+    from app.cli import app
 
     art, _ = workspace.store().run_stage("s", Cfg(), {}, _small_and_large, code=CODE)
     assert json.loads((art.path / "manifest.json").read_text())["git_commit"] == workspace.git_commit()

@@ -1,7 +1,10 @@
+from pathlib import Path
+from typing import ClassVar
+
 import pytest
 from pydantic import Field
 
-from ladder.config import Section, build, content_hash, load_tree, parse_override
+from ladder.config import Section, build, content_hash, load, load_tree, parse_override
 
 
 class Inner(Section):
@@ -42,6 +45,15 @@ def test_profile_tree_with_overrides(tmp_path):
     assert (cfg.inner.lr, cfg.inner.sizes, cfg.name) == (0.5, [3], "y")
 
 
-def test_unknown_profile_names_the_choices():
-    with pytest.raises(ValueError, match="tiny"):
-        load_tree("no-such-profile")
+def test_named_profiles_are_the_root_sections_own(tmp_path):
+    (tmp_path / "small.yaml").write_text("inner:\n  lr: 0.5\n")
+
+    class Named(Outer):
+        profiles_dir: ClassVar[Path | None] = tmp_path
+
+    cfg = load(Named, "small", ["name=y"])
+    assert (cfg.inner.lr, cfg.name) == (0.5, "y")
+    with pytest.raises(ValueError, match=r"unknown profile 'no-such-profile': use one of \['small'\]"):
+        load(Named, "no-such-profile")
+    with pytest.raises(ValueError, match="unknown profile 'small'"):
+        load(Outer, "small")  # a tree without profiles_dir takes YAML paths only

@@ -46,7 +46,7 @@ def test_default_candidate_is_the_latest_pretrained_model_with_its_training_run(
         resolve_candidate.fn(ws, None, None)
     _pretrain_artifact(ws, 0)
     latest = _pretrain_artifact(ws, 1)
-    with stage_run(ws, PRETRAIN_STAGE, Stub(), tags={"ladder.artifact_version": latest.name}) as run:
+    with stage_run(ws, PRETRAIN_STAGE, Stub(), produces=[(PRETRAIN_STAGE, latest.name)]) as run:
         pass
     candidate = resolve_candidate.fn(ws, None, None)
     assert candidate.model_dir == latest / PRETRAIN_MODEL_DIR

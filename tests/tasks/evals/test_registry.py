@@ -13,7 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from ladder.cli import app
+from app.cli import app
+from ladder import tags
 from tasks.evals import registry
 from tasks.evals.config import GatePolicy
 from tasks.evals.gate import ADVISORY, FAILED, OVERRIDDEN, Check, Decision, scaling_outcome
@@ -115,6 +116,8 @@ def test_a_candidate_rejected_against_a_champion_is_judged_again_once_that_champ
     judge_and_record.fn(NAME, champion, "inputs-1", _judge(True, []))
     # the champion asked about again is itself: not judged again against itself
     assert str(registry.decided_version(NAME, "inputs-1").version) == champion
+    # nor is a version promoted once and since replaced through the gate (a pipeline rerun)
+    assert str(registry.decided_version(NAME, "inputs-0").version) == earlier
     calls: list[str | None] = []
     judgement, alias = judge_and_record.fn(NAME, candidate, "inputs-2", _judge(False, calls))
     assert (calls, alias, judgement.decision.passed) == ([champion], registry.CHALLENGER, False)
@@ -144,10 +147,10 @@ def test_the_scaling_gate_outcome_is_a_searchable_tag_with_its_override_reason(s
               "prediction": {"loss": 2.75}, "override_reason": ""}
     overridden = scaling_outcome({**target, "status": OVERRIDDEN, "override_reason": "known tokenizer change"}, policy)
     assert registry.scaling_tags(overridden) == {
-        registry.SCALING_TAG: OVERRIDDEN, registry.SCALING_OVERRIDE_TAG: "known tokenizer change"}
-    assert registry.scaling_tags(scaling_outcome(target, advisory)) == {registry.SCALING_TAG: ADVISORY}
+        tags.SCALING_GATE: OVERRIDDEN, tags.SCALING_OVERRIDE: "known tokenizer change"}
+    assert registry.scaling_tags(scaling_outcome(target, advisory)) == {tags.SCALING_GATE: ADVISORY}
     with mlflow.start_run(experiment_id=store) as run:
         mlflow.log_text("stand-in", "model/MLmodel")
     registry.register_candidate(NAME, f"runs:/{run.info.run_id}/model", registry.scaling_tags(overridden))
-    found = MlflowClient().search_model_versions(f"name = '{NAME}' and tags.`{registry.SCALING_TAG}` = '{OVERRIDDEN}'")
-    assert [v.tags[registry.SCALING_OVERRIDE_TAG] for v in found] == ["known tokenizer change"]
+    found = MlflowClient().search_model_versions(f"name = '{NAME}' and tags.`{tags.SCALING_GATE}` = '{OVERRIDDEN}'")
+    assert [v.tags[tags.SCALING_OVERRIDE] for v in found] == ["known tokenizer change"]

@@ -11,9 +11,9 @@ from ladder.artifacts import hash_files
 from tasks.data.document import iter_split
 from tasks.tokenizer.config import PackingConfig
 from tasks.tokenizer.pack import pack_split, token_ids
-from tasks.tokenizer.shards import PackedShards
 from tasks.tokenizer.stage import TOKENIZER_DIR, build_shards
 from tasks.tokenizer.train import load_encoder
+from tasks.train.shards import PackedShards
 
 SEQ_LEN = 64
 

@@ -12,12 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_fixtures import restored_environ, write_shards
+from train_fixtures import Continued, restored_environ, write_continued, write_shards
 
 
 @pytest.fixture(scope="session")
 def shards_root(tmp_path_factory) -> Path:
     return write_shards(tmp_path_factory.mktemp("train-shards"))
+
+
+@pytest.fixture
+def continued(tmp_path: Path) -> Continued:
+    return write_continued(tmp_path)
 
 
 @pytest.fixture(scope="module", autouse=True)

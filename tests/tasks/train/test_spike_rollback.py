@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tasks.train.data import MAIN, TrainData
 from tasks.train.launch import TrainingFailed, run_training
-from tasks.train.loop import train
-from train_fixtures import restored_environ, tiny_config
+from tasks.train.loop import Trainer, train
+from tasks.train.shards import PackedShards
+from tasks.train.spike import RetryBudgetExhausted
+from train_fixtures import Continued, restored_environ, tiny_config
 
 STEPS = 160
 FAULT_STEP = 40
@@ -44,7 +46,7 @@ def _single_rollback(result: dict[str, Any], control: dict[str, Any], run_dir: P
     assert result["final_val_loss"] == pytest.approx(control["final_val_loss"], rel=0.02)
     evidence = event["evidence"]
     assert evidence["batches"] == stop - start and evidence["documents"] > 0
-    assert set(evidence["documents_by_source"]) == {"plays", "sonnets", "letters"}
+    assert {"plays", "sonnets", "letters"} <= set(evidence["documents_by_source"])
     assert 0.0 <= evidence["rare_token_share"] <= 1.0 and "corpus_rare_token_share" in evidence
     top = evidence["top_documents"][0]
     assert {"id", "source", "meta", "tokens_in_window", "rare_token_share"} <= top.keys()
@@ -62,6 +64,14 @@ def test_injected_random_batch_is_rolled_back_and_skipped(shards_root: Path, tmp
     event = _single_rollback(result, control, tmp_path, "loss", "random_batch")
     assert event["spike"]["loss"] > event["spike"]["threshold"]
     assert event["lr_scale"] == cfg.spike_guard.lr_scale
+    # The evidence names what the bad step trained on: the fault's tokens, not the documents they replaced.
+    rows = [json.loads(line) for line in (tmp_path / "spikes" / "evidence-1.jsonl").read_text().splitlines()]
+    (injected,) = [row for row in rows if row["source"] == "injected"]
+    assert (injected["meta"]["kind"], injected["meta"]["step"]) == ("random_batch", FAULT_STEP)
+    data = TrainData({MAIN: PackedShards(shards_root / "train")}, 0.0, cfg.micro_batch_size, cfg.seed)
+    _, bad_batch = data.global_batch(FAULT_STEP - 1)  # one mix batch a step here
+    assert injected["tokens_in_window"] == int((bad_batch.doc_index >= 0).sum())
+    assert sum(row["tokens_in_window"] for row in rows) == event["evidence"]["tokens"]  # each token counted once
 
 
 def test_injected_nan_loss_is_rolled_back_and_skipped(shards_root: Path, tmp_path: Path, control: dict[str, Any]) -> None:
@@ -86,18 +96,76 @@ def test_exhausted_retry_budget_fails_the_run_with_a_report_of_every_attempt(sha
     assert not (tmp_path / "model").exists()
 
 
-def test_a_resume_from_before_the_rollback_skips_the_same_batches(shards_root: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(max_steps=25, faults=[{"step": 18, "kind": "nan_loss"}],
-                      spike_guard={"warmup_steps": 5}, checkpoint={"every_steps": 10, "keep_last": 5})
-    first = train(cfg, shards_root / "train", shards_root / "validation", tmp_path)
-    (event,) = first["spike_events"]
-    assert event["rollback_step"] == 10
-    reference = load_file(tmp_path / "model" / "model.safetensors")
-    # As if the process died right after the rollback: only checkpoints from before the spike remain.
-    for ckpt in (tmp_path / "checkpoints").glob("ckpt-*"):
-        if int(ckpt.name.rsplit("-", 1)[1]) > 10:
-            shutil.rmtree(ckpt)
-    again = train(cfg, shards_root / "train", shards_root / "validation", tmp_path)
-    assert again["resumed_from"].endswith("step-0000010") and len(again["spike_events"]) == 1  # no new spike
-    final = load_file(tmp_path / "model" / "model.safetensors")
+def test_skipping_the_window_is_what_keeps_a_bad_batch_from_spiking_again(
+    shards_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fault lives in step 40's batches. A guard that rolls back but skips nothing replays them
+    # and meets it again, until the budget runs out; with the skip it never returns (the test above).
+    monkeypatch.setattr(TrainData, "skip", lambda self, start, stop: None)
+    cfg = tiny_config(max_steps=45, faults=[{"step": FAULT_STEP, "kind": "random_batch"}], spike_guard={"max_retries": 2})
+    with pytest.raises(RetryBudgetExhausted) as failed:
+        train(cfg, shards_root / "train", shards_root / "validation", tmp_path)
+    assert [(e["spike"]["step"], e["fault"]) for e in failed.value.events] == [(FAULT_STEP, "random_batch")] * 2
+    assert failed.value.last.step == FAULT_STEP
+
+
+def test_bad_data_over_four_steps_takes_one_rollback_whose_window_covers_it(shards_root: Path, tmp_path: Path) -> None:
+    # Two loader batches per optimizer step: the margin must count steps, as the rest of the guard does.
+    faults = [{"step": step, "kind": "random_batch"} for step in range(FAULT_STEP, FAULT_STEP + 4)]
+    cfg = tiny_config(max_steps=50, micro_batch_size=4, faults=faults)
+    assert cfg.grad_accumulation == 2
+    result = train(cfg, shards_root / "train", shards_root / "validation", tmp_path)
+    (event,) = result["spike_events"]
+    assert event["spike"]["step"] == FAULT_STEP
+    # The spike step's batches end at mix number FAULT_STEP x 2; the margin runs on from there.
+    margin = cfg.spike_guard.rollback_margin_steps
+    assert event["skipped"][1] == (FAULT_STEP + margin) * cfg.grad_accumulation >= (FAULT_STEP + 3) * cfg.grad_accumulation
+
+
+class _Crash(Exception):
+    """Stands for the training process dying."""
+
+
+def test_a_crash_right_after_a_rollback_resumes_from_the_known_good_checkpoint(
+    shards_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lr x100 at step 10 wrecks the weights the step-10 checkpoint then saves; step 11's loss shows it.
+    cfg = tiny_config(max_steps=25, faults=[{"step": 10, "kind": "lr_multiply"}],
+                      spike_guard={"warmup_steps": 5}, checkpoint={"every_steps": 5, "keep_last": 5})
+    uninterrupted = train(cfg, shards_root / "train", shards_root / "validation", tmp_path / "uninterrupted")
+    (event,) = uninterrupted["spike_events"]
+    assert (event["spike"]["step"], event["rollback_step"]) == (11, 5)
+
+    rollback = Trainer._rollback
+
+    def rollback_then_die(self: Trainer) -> None:
+        rollback(self)
+        raise _Crash
+
+    monkeypatch.setattr(Trainer, "_rollback", rollback_then_die)
+    with pytest.raises(_Crash):
+        train(cfg, shards_root / "train", shards_root / "validation", tmp_path / "crashed")
+    monkeypatch.undo()
+    left = sorted(path.name.rsplit("-", 1)[1] for path in (tmp_path / "crashed" / "checkpoints").glob("ckpt-*"))
+    assert left == ["0000000", "0000005"], "the rollback deleted the suspect step-10 checkpoint"
+    again = train(cfg, shards_root / "train", shards_root / "validation", tmp_path / "crashed")
+    assert again["resumed_from"].endswith("step-0000005"), "not from the suspect step-10 checkpoint"
+    assert len(again["spike_events"]) == 1  # no new spike
+    final = load_file(tmp_path / "crashed" / "model" / "model.safetensors")
+    reference = load_file(tmp_path / "uninterrupted" / "model" / "model.safetensors")
     assert all(torch.equal(final[name], reference[name]) for name in reference)
+
+
+def test_a_spike_in_continued_pretraining_with_added_tokens_and_replay_rolls_back(continued: Continued, tmp_path: Path) -> None:
+    # The new shards have two token ids more than the replayed ones; the evidence counts tokens over both.
+    cfg = continued.config(max_steps=16, faults=[{"step": 8, "kind": "nan_loss"}], checkpoint={"every_steps": 5, "keep_last": 2})
+    result = train(cfg, continued.new / "train", continued.new / "validation", tmp_path)
+    (event,) = result["spike_events"]
+    assert (event["spike"]["step"], event["rollback_step"], result["steps"]) == (8, 5, 16)
+    rows = [json.loads(line) for line in (tmp_path / "spikes" / "evidence-1.jsonl").read_text().splitlines()]
+    assert {row["shards"] for row in rows} == {"main", "replay"}
+    assert {row["id"].split("-")[0] for row in rows} == {"new", "old"}
+    swapped = tiny_config(init={"from_dir": str(continued.base_model)},
+                          replay={"shards_dir": str(continued.new / "train"), "share": 0.25})
+    with pytest.raises(ValueError, match="pack the replay data with the base model's tokenizer"):
+        train(swapped, continued.old / "train", continued.old / "validation", tmp_path / "swapped")

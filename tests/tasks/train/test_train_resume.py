@@ -1,7 +1,8 @@
-"""Exact resume: after SIGKILL, and past a corrupted newest checkpoint."""
+"""Exact resume: after SIGKILL, past a corrupted newest checkpoint; the deterministic-kernels switch."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tasks.train.checkpoint import MODEL, CheckpointStore
-from tasks.train.engine import Dist
+from tasks.train.engine import Dist, deterministic_algorithms
 from tasks.train.launch import REPO, child_env, launch_command, run_training, write_config
 from tasks.train.loop import train
 from train_fixtures import tiny_config
@@ -86,3 +87,17 @@ def test_checksums_catch_a_flipped_byte(shards_root: Path, tmp_path: Path) -> No
     data[len(data) // 2] ^= 0xFF
     optimizer_file.write_bytes(bytes(data))
     assert CheckpointStore.verify(ckpt) == "optimizer-rank0.pt does not match its sha256"
+
+
+def test_the_deterministic_switch_holds_in_the_training_process_and_is_undone_after(shards_root: Path, tmp_path: Path) -> None:
+    assert not torch.are_deterministic_algorithms_enabled()
+    on = train(tiny_config(max_steps=2, deterministic=True), shards_root / "train", shards_root / "validation", tmp_path / "on")
+    assert on["deterministic_algorithms"] is True
+    assert not torch.are_deterministic_algorithms_enabled(), "an in-process run leaves its caller's setting as it was"
+    off = train(tiny_config(max_steps=2), shards_root / "train", shards_root / "validation", tmp_path / "off")
+    assert off["deterministic_algorithms"] is False
+    # What a GPU process gets besides (set here without a GPU; that it makes GPU runs repeat is not tested here).
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    with deterministic_algorithms(True, cuda=True):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and torch.are_deterministic_algorithms_enabled()
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == workspace and not torch.are_deterministic_algorithms_enabled()

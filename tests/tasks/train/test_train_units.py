@@ -1,7 +1,8 @@
-"""Pieces of the training stage on their own: schedule, guard, data mix, config, vocabulary, retention."""
+"""Pieces of the training stage on their own: schedule, guard, data mix, faults, config, vocabulary, retention."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -13,16 +14,17 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from models.llama import ModelConfig, build_model
-from tasks.tokenizer.shards import PackedShards
 from tasks.train.callbacks import SpikeGuardCallback, StepOutput
-from tasks.train.config import ScheduleConfig, SpikeGuardConfig
+from tasks.train.config import FaultConfig, ScheduleConfig, SpikeGuardConfig
 from tasks.train.continued import extend_vocab, resolve_model_config
 from tasks.train.data import MAIN, REPLAY, TrainData
 from tasks.train.engine import deepspeed_config
+from tasks.train.faults import FaultInjector
 from tasks.train.loop import train
 from tasks.train.schedule import lr_at
+from tasks.train.shards import PackedShards
 from tasks.train.spike import SpikeGuard
-from train_fixtures import VOCAB, tiny_config, write_shards, write_tokenizer
+from train_fixtures import VOCAB, Continued, tiny_config, write_shards, write_tokenizer
 
 
 def test_schedules_warm_up_then_decay_to_the_floor() -> None:
@@ -82,6 +84,19 @@ def test_data_mixes_replay_evenly_and_skips_in_mix_numbers(tmp_path: Path) -> No
     assert source == MAIN and whole.input_ids.shape[0] == 4
 
 
+def test_a_data_fault_lives_in_its_batches_and_is_the_same_on_any_number_of_ranks(shards_root: Path) -> None:
+    faults = FaultInjector([FaultConfig(step=3, kind="random_batch")], seed=0, vocab_size=VOCAB, batches_per_step=2)
+    assert [faults.data_fault(index) for index in range(7)] == [None] * 4 + [0, 0, None]  # step 3's two batches
+    _, clean = TrainData({MAIN: PackedShards(shards_root / "train")}, 0.0, batch_size=4, seed=0).global_batch(4)
+    whole = faults.batch(4, clean, rank=0, world_size=1)
+    assert not torch.equal(whole.input_ids, clean.input_ids)
+    assert torch.equal(faults.batch(4, clean, rank=0, world_size=1).input_ids, whole.input_ids)  # a replay meets it again
+    for rank in (0, 1):
+        share = dataclasses.replace(clean, input_ids=clean.input_ids[rank::2], labels=clean.labels[rank::2])
+        assert torch.equal(faults.batch(4, share, rank, world_size=2).labels, whole.labels[rank::2])
+    assert faults.batch(6, clean, rank=0, world_size=1) is clean
+
+
 def test_config_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a multiple of micro_batch_size"):
         tiny_config(global_batch_size=12, micro_batch_size=8)
@@ -119,13 +134,9 @@ def test_new_tokens_start_as_the_mean_embedding(tmp_path: Path) -> None:
         extend_vocab(model, tokenizer, ["t5"])
 
 
-def test_continued_pretraining_extends_the_vocabulary_and_replays_old_data(tmp_path: Path) -> None:
-    old = write_shards(tmp_path / "old", train_docs=200, val_docs=20, prefix="old")
-    base = train(tiny_config(max_steps=10), old / "train", old / "validation", tmp_path / "base", write_tokenizer(tmp_path / "tok"))
-    new = write_shards(tmp_path / "new", train_docs=200, val_docs=20, prefix="new", vocab=VOCAB + 2)
-    cfg = tiny_config(max_steps=12, init={"from_dir": base["model_dir"], "new_tokens": ["<new_a>", "<new_b>"]},
-                      replay={"shards_dir": str(old / "train"), "share": 0.25})
-    result = train(cfg, new / "train", new / "validation", tmp_path / "continued")
+def test_continued_pretraining_extends_the_vocabulary_and_replays_old_data(continued: Continued, tmp_path: Path) -> None:
+    cfg = continued.config(max_steps=12)
+    result = train(cfg, continued.new / "train", continued.new / "validation", tmp_path / "continued")
     assert math.isfinite(result["final_val_loss"]) and result["steps"] == 12
     model = LlamaForCausalLM.from_pretrained(result["model_dir"])
     assert model.config.vocab_size == VOCAB + 2
@@ -148,6 +159,7 @@ class _Loop:
     def __init__(self) -> None:
         self.confirmed: list[int] = []
         self.spike = None
+        self.data_end: int | None = None
 
     @property
     def rollback_requested(self) -> bool:
@@ -156,15 +168,16 @@ class _Loop:
     def confirm(self, step: int) -> None:
         self.confirmed.append(step)
 
-    def request_rollback(self, spike) -> None:
+    def request_rollback(self, spike, data_end: int) -> None:
         self.spike = spike
+        self.data_end = data_end
 
 
 def test_guard_reads_one_step_late_on_accelerators_and_still_catches_within_two_steps() -> None:
     loop, guard = _Loop(), SpikeGuardCallback(SpikeGuardConfig(warmup_steps=5), lag=1)
 
-    def step(n: int, loss: float) -> None:
-        guard.on_step(loop, StepOutput(n, torch.tensor(loss), torch.tensor(1.0), 1e-3, 256))
+    def step(n: int, loss: float) -> None:  # two mix batches a step
+        guard.on_step(loop, StepOutput(n, torch.tensor(loss), torch.tensor(1.0), 1e-3, 256, data_end=2 * n))
 
     for n in range(1, 11):
         step(n, 2.0)
@@ -173,9 +186,10 @@ def test_guard_reads_one_step_late_on_accelerators_and_still_catches_within_two_
     assert loop.spike is None  # read one step late
     step(12, 2.0)
     assert loop.spike is not None and loop.spike.step == 11 and loop.spike.reason == "non-finite"
+    assert loop.data_end == 22, "the skip margin runs on from the spike step's data, not from the step that saw it"
     assert not guard.pending
 
     loop2, guard2 = _Loop(), SpikeGuardCallback(SpikeGuardConfig(warmup_steps=5), lag=1)
-    guard2.on_step(loop2, StepOutput(1, torch.tensor(2.0), torch.tensor(1.0), 1e-3, 256))
+    guard2.on_step(loop2, StepOutput(1, torch.tensor(2.0), torch.tensor(1.0), 1e-3, 256, data_end=2))
     guard2.flush(loop2)  # before a checkpoint nothing stays unchecked
     assert loop2.confirmed == [1] and not guard2.pending

@@ -1,4 +1,5 @@
-"""Synthetic packed shards a tiny model learns in tens of steps, and the tiny training config.
+"""Synthetic packed shards a tiny model learns in tens of steps, the tiny training config, and
+continued pretraining's inputs (a base model, old data to replay, new data with added tokens).
 
 Documents follow a fixed next-token map with probability 0.75 and a uniform token otherwise,
 so the loss falls fast to a floor well above zero (about 1.6 nats): relative comparisons of
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,13 @@ import numpy as np
 from ladder.config import build
 from tasks.tokenizer.shards import write_packed
 from tasks.train.config import TrainConfig
+from tasks.train.loop import train
 
 VOCAB = 64
 PAD, BOUNDARY = 0, 1
 SEQ_LEN = 32
 SOURCES = ("plays", "sonnets", "letters")
+NEW_TOKENS = ("<new_a>", "<new_b>")  # continued pretraining adds them to the tokenizer
 
 
 def documents(count: int, seed: int, prefix: str = "doc", vocab: int = VOCAB) -> Iterator[tuple[dict[str, Any], list[int]]]:
@@ -78,6 +82,31 @@ def tiny_config(**overrides: Any) -> TrainConfig:
         else:
             tree[key] = value
     return build(TrainConfig, tree)
+
+
+@dataclass(frozen=True)
+class Continued:
+    """Continued pretraining's inputs: a base model trained on old shards, new shards with two added tokens."""
+
+    old: Path  # shards root of the old data, replayed
+    new: Path  # shards root of the new data; its vocabulary has NEW_TOKENS besides the base model's
+    base_model: Path  # save_pretrained directory, with its tokenizer
+
+    def config(self, **overrides: Any) -> TrainConfig:
+        """``tiny_config`` that starts from the base model, adds the new tokens and replays a quarter old data."""
+        return tiny_config(
+            init={"from_dir": str(self.base_model), "new_tokens": list(NEW_TOKENS)},
+            replay={"shards_dir": str(self.old / "train"), "share": 0.25},
+            **overrides,
+        )
+
+
+def write_continued(root: Path) -> Continued:
+    """Old and new shards under ``root`` and a base model trained 10 steps on the old ones."""
+    old = write_shards(root / "old", train_docs=200, val_docs=20, prefix="old")
+    base = train(tiny_config(max_steps=10), old / "train", old / "validation", root / "base", write_tokenizer(root / "tok"))
+    new = write_shards(root / "new", train_docs=200, val_docs=20, prefix="new", vocab=VOCAB + len(NEW_TOKENS))
+    return Continued(old, new, Path(base["model_dir"]))
 
 
 @contextmanager

@@ -48,8 +48,8 @@ def _workspace() -> Workspace:
 
 
 def _print_config(profile: str, overrides: list[str] | None, sections: list[str] | None) -> None:
+    from app.project import ProjectConfig
     from ladder.config import load
-    from ladder.project import ProjectConfig
 
     cfg = load(ProjectConfig, profile, overrides or [])
     tree = cfg.to_dict()
@@ -166,7 +166,7 @@ def deploy(
     ] = False,
 ) -> None:
     """Register the deployments of infra/prefect.yaml with the running Prefect server."""
-    from ladder import deploy as deployments
+    from app import deploy as deployments
 
     try:
         if serve:
@@ -188,7 +188,7 @@ def data_version(
     ] = False,
 ) -> None:
     """Record the dataset version in data.dvc; a new one emits `ladder.data.updated` (once) to start the pipeline."""
-    from ladder import deploy as deployments
+    from app import deploy as deployments
 
     ws = _workspace()
     try:

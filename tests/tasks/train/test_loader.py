@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from models.llama import IGNORE_INDEX
-from tasks.tokenizer.loader import Batch, PackedLoader, document_inputs
-from tasks.tokenizer.shards import PackedShards, write_packed
+from tasks.tokenizer.shards import write_packed
+from tasks.train.loader import Batch, PackedLoader, document_inputs
+from tasks.train.shards import PackedShards
 
 SEQ_LEN = 16
 PAD, BOUNDARY, VOCAB = 0, 1, 50

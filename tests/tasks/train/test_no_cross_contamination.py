@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from models.llama import ModelConfig, build_model
-from tasks.tokenizer.loader import Batch, PackedLoader
-from tasks.tokenizer.shards import PackedShards, write_packed
+from tasks.tokenizer.shards import write_packed
+from tasks.train.loader import Batch, PackedLoader
+from tasks.train.shards import PackedShards
 
 SEQ_LEN, PAD, BOUNDARY, VOCAB = 40, 0, 1, 64
 _rng = np.random.default_rng(0)

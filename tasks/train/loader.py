@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from models.llama import IGNORE_INDEX, attention_mask_for
-from tasks.tokenizer.shards import PackedShards
+from tasks.train.shards import PackedShards
 
 
 @dataclass

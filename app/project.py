@@ -1,6 +1,12 @@
-"""The project's config tree: one section per stage, each defined beside the stage's code."""
+"""The project's config tree: one section per stage, each defined beside the stage's code.
+
+Its named profiles (``tiny``; ``--profile NAME``) are the YAML files of ``app/profiles/``.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -15,6 +21,8 @@ from tasks.train.config import TrainConfig
 
 class ProjectConfig(Section):
     """Every stage's section; a flow reads the sections it needs."""
+
+    profiles_dir: ClassVar[Path | None] = Path(__file__).parent / "profiles"
 
     data: DataConfig = Field(default_factory=DataConfig, description="Data stage: ingest to versioned dataset.")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="Tokenizer stage: candidates, selection, packed shards.")

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from ladder import deploy
+from app import deploy
 from ladder.workspace import Workspace
 from tasks.data.version import dataset_version
 
