@@ -136,20 +136,20 @@ def tokenizer(profile: Profile = "tiny", overrides: Overrides = None, dry_run: D
 
 
 @app.command()
-def pretrain(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun = False) -> None:
-    """Train the target model on the latest packed shards (resumes, rolls back on loss spikes)."""
-    from flows.pretrain import pretrain_flow
-
-    _show("pretrain stage", _run_stage("pretrain", ["train"], dry_run, profile, overrides, pretrain_flow))
-
-
-@app.command("ladder")
-def ladder_command(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun = False) -> None:
+def scaling(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun = False) -> None:
     """Train the scaling ladder's rungs, fit L(N, D), and predict the target run's loss."""
-    from flows.ladder import ladder_flow
+    from flows.scaling import scaling_flow
 
-    result = _run_stage("ladder", ["ladder", "train"], dry_run, profile, overrides, ladder_flow)
-    _show("scaling-law ladder", result)
+    result = _run_stage("scaling", ["scaling", "train"], dry_run, profile, overrides, scaling_flow)
+    _show("scaling stage", result)
+
+
+@app.command()
+def train(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun = False) -> None:
+    """Train the target model on the latest packed shards (resumes, rolls back on loss spikes)."""
+    from flows.train import train_flow
+
+    _show("train stage", _run_stage("train", ["train"], dry_run, profile, overrides, train_flow))
 
 
 DeploymentNames = Annotated[
@@ -282,7 +282,7 @@ def run(
 
 
 @app.command()
-def evaluate(
+def evals(
     profile: Profile = "tiny",
     overrides: Overrides = None,
     dry_run: DryRun = False,
@@ -290,15 +290,15 @@ def evaluate(
         str | None, typer.Option("--model-dir", help="HF checkpoint to evaluate (default: the latest pretrained model).")
     ] = None,
     training_run: Annotated[
-        str | None, typer.Option("--training-run", help="MLflow run that trained it (default: found from the pretrain artifact).")
+        str | None, typer.Option("--training-run", help="MLflow run that trained it (default: found from the train artifact).")
     ] = None,
 ) -> None:
     """Evaluate a model on the held-out suite (lm-eval), gate it against the champion, register it with its lineage."""
-    from flows.evaluate import evaluate_flow
+    from flows.evals import evals_flow
     from tasks.evals.stage import verdict_line
 
     result = _run_stage(
-        "evaluate", ["evals"], dry_run, profile, overrides, evaluate_flow, model_dir=model_dir, training_run_id=training_run
+        "evals", ["evals"], dry_run, profile, overrides, evals_flow, model_dir=model_dir, training_run_id=training_run
     )
     table = Table(title=f"eval table: {result['registered_model']} version {result['version']}")
     table.add_column("metric", overflow="fold")
@@ -313,7 +313,7 @@ def evaluate(
     console.print(f"[{colour}]{verdict_line(result)}[/]")
     for reason in result["reasons"]:
         console.print(f"  {reason}", markup=False)
-    _show("evaluate stage", {k: result[k] for k in ("eval_run_id", "suite_version", "contaminated_items", "seconds")})
+    _show("evals stage", {k: result[k] for k in ("eval_run_id", "suite_version", "contaminated_items", "seconds")})
 
 
 @app.command()

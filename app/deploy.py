@@ -91,8 +91,8 @@ def _entrypoint_file(entrypoint: str) -> Path:
     """The source file of a ``package.module:flow`` entrypoint.
 
     Entrypoints are module paths, not file paths: Prefect puts a flow file's directory first on
-    sys.path when it loads one by path, and there ``flows/ladder.py`` would shadow the ``ladder``
-    package (and ``flows/evaluate.py`` the ``evaluate`` library) in every process spawned later.
+    sys.path when it loads one by path, and there a flow module would shadow any package of the
+    same name (``flows/train.py`` a ``train`` library) in every process spawned later.
     """
     module = entrypoint.split(":")[0]
     return CODE_ROOT / (module.replace(".", "/") + ".py")
@@ -157,8 +157,8 @@ def runner_deployments(names: list[str] | None = None, prefect_file: Path = PREF
                     Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True)) for s in schedules
                 ],
                 triggers=[trigger_adapter.validate_python(t) for t in spec.get("triggers") or []],
-                # By file path, the runner would put flows/ first on sys.path, where flows/ladder.py
-                # shadows the ladder package: load flows by module, as `ladder deploy` does.
+                # By file path, the runner would put flows/ first on sys.path, where a flow module
+                # shadows any package of its name: load flows by module, as `ladder deploy` does.
                 entrypoint_type=EntrypointType.MODULE_PATH,
             )
         )

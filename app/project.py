@@ -14,7 +14,7 @@ from ladder.config import Section
 from tasks.align.config import AlignConfig
 from tasks.data.config import DataConfig
 from tasks.evals.config import EvalConfig
-from tasks.scaling.ladder import LadderConfig
+from tasks.scaling.ladder import ScalingConfig
 from tasks.tokenizer.config import TokenizerConfig
 from tasks.train.config import TrainConfig
 
@@ -29,4 +29,4 @@ class ProjectConfig(Section):
     evals: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation stage: held-out eval suite, release gate, registry.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training stage: DeepSpeed loop, checkpoints, spike guard.")
     align: AlignConfig = Field(default_factory=AlignConfig, description="Alignment stage: instruction data, SFT, DPO, alignment tax.")
-    ladder: LadderConfig = Field(default_factory=LadderConfig, description="Scaling-law ladder: rungs, fit, target prediction and gate.")
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Scaling stage: the ladder's rungs, fit, target prediction and gate.")

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from app.project import ProjectConfig
-from flows.evaluate import evaluate_flow
+from flows.evals import evals_flow
 from ladder import progress
 from ladder.config import load
 from ladder.tags import ALIGN_ITERATION, ALIGN_REFERENCE
@@ -42,7 +42,7 @@ def align_flow(
     table (one row per model: held-out instruction scores and eval-suite metrics), the DPO
     reward margin on held-out pairs, the alignment tax of each aligned model against the base
     and whether the final model is within the gate's bounds, the MLflow run ids, and (with
-    ``align.register_candidate``) the evaluate flow's verdict on the final model.
+    ``align.register_candidate``) the evals flow's verdict on the final model.
     """
     progress.start("align")
     project = load(ProjectConfig, profile, overrides or [])
@@ -83,7 +83,7 @@ def align_flow(
     log_report(align_run, summary.rows, margin, summary.passed, summary.markdown, {s.name: s.answers for s in scores})
     registration = None
     if cfg.register_candidate:
-        verdict = evaluate_flow(
+        verdict = evals_flow(
             profile=profile, overrides=overrides, model_dir=str(policy.model_dir), training_run_id=dpo_runs[-1],
             dataset_md5=md5, lineage=lineage, scaling_gate=scaling_gate,
             base_metrics=table_rows(scores[0].evals),

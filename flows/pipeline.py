@@ -1,8 +1,8 @@
 """The end-to-end pipeline: each stage a subflow, skipped by the stage contract when unchanged.
 
-data -> tokenizer -> ladder (fit and predict) -> pretrain (the target) -> scaling gate ->
-evaluate and gate -> align -> evaluate and gate. A failed scaling gate stops the pipeline
-before alignment unless ``ladder.override_gate`` is set (recorded as overridden, with its
+data -> tokenizer -> scaling (fit the ladder, predict the target) -> train (the target) -> scaling gate ->
+evals and gate -> align -> evals and gate. A failed scaling gate stops the pipeline
+before alignment unless ``scaling.override_gate`` is set (recorded as overridden, with its
 reason) or the release policy makes it advisory (recorded as advisory); either way its status
 reaches both release gates and the registry as it is. With ``dataset_md5`` the run trains that
 dataset version and curates nothing. The flow's result (or its failure message) says which
@@ -22,17 +22,17 @@ from prefect.cache_policies import NO_CACHE
 from app.project import ProjectConfig
 from flows.align import align_flow
 from flows.data import data_flow
-from flows.evaluate import evaluate_flow
-from flows.ladder import ladder_flow
-from flows.pretrain import pretrain_flow
+from flows.evals import evals_flow
+from flows.scaling import scaling_flow
 from flows.tokenizer import tokenizer_flow
+from flows.train import train_flow
 from ladder.config import load
 from ladder.workspace import Workspace
 from tasks.align.report import ACCURACY
 from tasks.data.dataset import resolve_dataset
 from tasks.evals.gate import scaling_outcome
 from tasks.evals.stage import verdict_line
-from tasks.scaling.stage import target_gate
+from tasks.scaling.stage import STAGE as SCALING_STAGE, target_gate
 
 
 class GateStopped(ValueError):
@@ -67,21 +67,21 @@ def pipeline_flow(
     dataset = resolve_dataset(ws, md5)
     tok = tokenizer_flow(**common, dataset_md5=md5)
     shards = {"shards_dir": tok["shards_dir"], "tokenizer_dir": tok["tokenizer_dir"], "dataset_md5": md5}
-    ladder = ladder_flow(**common, **shards)
-    pre = pretrain_flow(**common, **shards)
-    ladder_artifact = ws.store().lookup("ladder", ladder["ladder_version"])
-    scaling = target_gate(ws, ladder_artifact, cfg.ladder, pre["final_val_loss"])
+    fitted = scaling_flow(**common, **shards)
+    target = train_flow(**common, **shards)
+    scaling_artifact = ws.store().lookup(SCALING_STAGE, fitted["scaling_version"])
+    scaling = target_gate(ws, scaling_artifact, cfg.scaling, target["final_val_loss"])
     scaling_release = scaling_outcome(scaling, cfg.evals.gate)
     if scaling_release.blocks:
         raise GateStopped("stopped before alignment by the scaling-law gate: " + "; ".join(scaling_release.reasons))
-    base = evaluate_flow(
-        **common, model_dir=pre["model_dir"], training_run_id=pre["mlflow_run_id"], dataset_md5=md5,
-        lineage={"ladder": ladder["ladder_version"]},
+    base = evals_flow(
+        **common, model_dir=target["model_dir"], training_run_id=target["mlflow_run_id"], dataset_md5=md5,
+        lineage={"scaling": fitted["scaling_version"]},
         scaling_gate=scaling_release.to_dict(),
     )
     aligned = align_flow(
-        **common, base_model_dir=pre["model_dir"], dataset_md5=md5,
-        lineage={"ladder": ladder["ladder_version"]}, scaling_gate=scaling_release.to_dict(),
+        **common, base_model_dir=target["model_dir"], dataset_md5=md5,
+        lineage={"scaling": fitted["scaling_version"]}, scaling_gate=scaling_release.to_dict(),
     )
     registry = aligned["registry"]
     documents = dataset.info["counts"]["documents"]
@@ -91,10 +91,10 @@ def pipeline_flow(
         "documents kept / quarantined": f"{documents['kept']} / {quarantined.total()} ("
         + ", ".join(f"{reason} {count}" for reason, count in quarantined.most_common()) + ")",
         "tokenizer": f"{tok['chosen']} ({tok['rule']})",
-        "ladder fit": ", ".join(f"{k}={v:.4g}" for k, v in ladder["fit"].items()),
-        "ladder self-check error (top rung)": f"{ladder['self_check_rel_error']:+.2%}",
-        "target prediction": f"{ladder['prediction']['loss']:.4f} [{ladder['prediction']['low']:.4f}, {ladder['prediction']['high']:.4f}]",
-        "target actual": f"{pre['final_val_loss']:.4f}",
+        "ladder fit": ", ".join(f"{k}={v:.4g}" for k, v in fitted["fit"].items()),
+        "ladder self-check error (top rung)": f"{fitted['self_check_rel_error']:+.2%}",
+        "target prediction": f"{fitted['prediction']['loss']:.4f} [{fitted['prediction']['low']:.4f}, {fitted['prediction']['high']:.4f}]",
+        "target actual": f"{target['final_val_loss']:.4f}",
         "scaling gate": f"{scaling_release.status} ({scaling['rel_error']:+.2%})",
         "base model gate": verdict_line(base),
         "held-out task score (base / SFT / DPO)": " / ".join(f"{row[ACCURACY]:.4f}" for row in aligned["table"]),

@@ -57,7 +57,7 @@ def stage_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run for one stage, carrying the lineage every run must have.
 
-    Inside another stage's run (a ladder rung inside the ladder run) it becomes a child run;
+    Inside another stage's run (a ladder rung inside the scaling run) it becomes a child run;
     ``parent_run_id`` names the parent where the active run is another thread's. The run is
     recorded as the producer of ``artifact`` and of every ``(stage, version)`` in ``produces``
     (an artifact whose version is known before it is built, or a second one the run made).

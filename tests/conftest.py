@@ -80,3 +80,13 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness():
         yield
+
+
+@pytest.fixture
+def fresh_fingerprints() -> Iterator[None]:
+    """Fingerprints a test computes over edited sources or patched library versions are forgotten after it."""
+    from ladder.artifacts import code_fingerprint
+
+    code_fingerprint.cache_clear()
+    yield
+    code_fingerprint.cache_clear()

@@ -1,7 +1,7 @@
 """The models alignment reads and writes: Hugging Face checkpoint directories with their tokenizer inside.
 
 The base model is, in order: a directory the caller names; the registry's champion (the
-evaluation stage's ``@champion`` alias, downloaded once); the latest ``pretrain`` artifact's
+evaluation stage's ``@champion`` alias, downloaded once); the latest ``train`` artifact's
 model. SFT and DPO models are ``model/`` inside their stage artifacts.
 """
 

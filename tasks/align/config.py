@@ -155,7 +155,7 @@ class AlignConfig(Section):
     evaluation: AlignEvalConfig = Field(default_factory=AlignEvalConfig, description="Held-out instruction evaluation.")
     register_candidate: bool = Field(
         True,
-        description="Submit the final model to the evaluate flow: a registry candidate gated against the champion "
+        description="Submit the final model to the evals flow: a registry candidate gated against the champion "
         "and, for the alignment tax, against its base model.",
     )
 

@@ -26,7 +26,11 @@ class InputConfig(Section):
         "a single huge line is almost always minified data or a broken export, not prose.",
     )
     max_file_bytes: int = Field(
-        256 * 2**20, ge=1, description="Files larger than this are quarantined as file_too_large instead of read."
+        256 * 2**20,
+        ge=1,
+        description="A file larger than this on disk, or once decompressed (a .jsonl.gz, a .parquet file's text "
+        "column), is quarantined as file_too_large: reading stops at the bound, so a compression bomb cannot "
+        "exhaust memory.",
     )
 
 

@@ -14,12 +14,13 @@ import hashlib
 import io
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -42,12 +43,55 @@ DEFAULT_SOURCE = "default"
 class InputFile:
     """One entry of the corpus: a file to read, or one already rejected at discovery with a reason."""
 
-    path: Path
+    root: Path  # the corpus directory: every open starts there and follows no symlink below it
     rel: str  # posix path relative to the corpus root; prefix of the ids of its documents
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
     rejected: str | None = None  # quarantine reason found without reading (symlink outside, format)
     detail: str = ""
+    target: str | None = None  # for a symlink that stays inside the root: the path below it that is read
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.rel
+
+
+class NotRegularFile(OSError):
+    """An entry that is not a regular file (a FIFO, socket or device): reading it could block or never end."""
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, for a message; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
+             stat.S_ISBLK: "a block device", stat.S_ISDIR: "a directory"}
+    return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+
+
+def open_input(f: InputFile) -> BinaryIO:
+    """The file ``f`` names, open for reading; raises ``OSError`` (``NotRegularFile``) when it cannot be read.
+
+    Every component below ``f.root`` is opened relative to its parent with ``O_NOFOLLOW``, so a
+    symlink swapped in after discovery fails to open instead of leading out of the corpus, and the
+    file is checked with ``fstat`` on the very descriptor that is read. ``O_NONBLOCK`` makes opening
+    a FIFO return at once instead of waiting for a writer; it changes nothing for a regular file.
+    """
+    *dirs, name = PurePosixPath(f.target or f.rel).parts
+    dir_fd = os.open(f.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in dirs:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = child
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    kind = _kind(os.fstat(fd).st_mode)
+    if kind:
+        os.close(fd)
+        raise NotRegularFile(f"{kind}, not a regular file: only regular files are read")
+    return os.fdopen(fd, "rb")
 
 
 def file_format(name: str) -> str | None:
@@ -128,42 +172,85 @@ def example_inputs(root: Path) -> list[InputFile]:
         for path in sorted(texts.glob("*.txt")):
             if path.name != METADATA:
                 meta = {"title": titles.get(path.stem)}
-                files.append(InputFile(path, path.relative_to(root).as_posix(), source, meta))
+                files.append(InputFile(root, path.relative_to(root).as_posix(), source, meta))
     if not files:
         raise ValueError(f"no texts under {root}: delete it and run `python -m tasks.data.corpus` again")
     return files
 
 
+def _classify(root: Path, rel: str, st: os.stat_result) -> tuple[str | None, str, str | None]:
+    """``(reason or None, detail, target)`` of a non-directory entry, from its ``lstat`` alone: nothing is opened.
+
+    A symlink is read only when it resolves to a regular file inside ``root``; ``target`` is that
+    file's path below ``root``.
+    """
+    path = root / rel
+    target = None
+    if stat.S_ISLNK(st.st_mode):
+        resolved = Path(os.path.realpath(path))
+        if not resolved.is_relative_to(root):
+            return "symlink_outside_input", "points outside the input directory: copy the file in", None
+        try:
+            st = os.stat(path)
+        except OSError as err:  # dangling, or a loop (ELOOP)
+            return "unreadable", f"a symlink that leads nowhere: {err.strerror}", None
+        if stat.S_ISDIR(st.st_mode):
+            return "symlink_to_directory", "its files are read from the directory itself", None
+        target = resolved.relative_to(root).as_posix()
+    kind = _kind(st.st_mode)
+    if kind:
+        return "not_regular_file", f"{kind}: only regular files are read", None
+    if file_format(rel) is None:
+        return "unsupported_extension", f"use one of {sorted(FORMATS)}", None
+    return None, "", target
+
+
 def discover_files(root: Path) -> list[InputFile]:
     """Every entry under ``root`` in sorted order; the source of a file is its top-level directory.
 
-    Files directly in ``root`` belong to source ``default``. Symlinks are followed only when they stay
-    inside ``root``; others, directory symlinks and unsupported formats are listed as rejected so that
-    they are counted, never skipped silently.
+    Files directly in ``root`` belong to source ``default``. Entries are classified by ``lstat``
+    before anything is opened: symlinks are followed only to regular files inside ``root``;
+    others, directory symlinks, FIFOs, sockets, devices, unsupported formats and directories that
+    cannot be listed are rejected with a reason so that they are counted, never skipped silently.
+    Directories are visited depth first, a directory's files before its subdirectories, with an
+    explicit stack so that no depth of tree exhausts the interpreter's recursion limit.
     """
     if not root.is_dir():
         raise ValueError(f"input directory {root} does not exist or is not a directory: set data.input.input_dir")
     real_root = root.resolve()
     files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        here = Path(dirpath)
-        links = [d for d in dirnames if (here / d).is_symlink()]  # os.walk does not descend into them
-        for name in sorted(filenames + links):
-            path = here / name
-            rel = path.relative_to(root).as_posix()
-            parts = PurePosixPath(rel).parts
-            source = parts[0] if len(parts) > 1 else DEFAULT_SOURCE
-            rejected, detail = None, ""
-            if path.is_symlink():
-                target = path.resolve()
-                if not target.is_relative_to(real_root):
-                    rejected, detail = "symlink_outside_input", "points outside the input directory: copy the file in"
-                elif target.is_dir():
-                    rejected, detail = "symlink_to_directory", "its files are read from the directory itself"
-            if rejected is None and file_format(name) is None:
-                rejected, detail = "unsupported_extension", f"use one of {sorted(FORMATS)}"
-            files.append(InputFile(path, rel, source, {}, rejected, detail))
+
+    def entry(rel: str, rejected: str | None, detail: str, target: str | None = None) -> InputFile:
+        parts = PurePosixPath(rel).parts
+        source = parts[0] if len(parts) > 1 else DEFAULT_SOURCE
+        return InputFile(real_root, rel, source, {}, rejected, detail, target)
+
+    directories = [""]  # relative paths still to list; the next one is on top
+    while directories:
+        rel_dir = directories.pop()
+        try:
+            with os.scandir(real_root / rel_dir) as listing:
+                names = sorted(e.name for e in listing)
+        except OSError as err:
+            if not rel_dir:
+                raise ValueError(
+                    f"input directory {root} cannot be listed ({err.strerror}): check its permissions"
+                ) from None
+            files.append(entry(rel_dir, "unreadable", f"a directory that cannot be listed: {err.strerror}"))
+            continue
+        subdirectories = []
+        for name in names:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            try:
+                st = os.lstat(real_root / rel)
+            except OSError as err:  # vanished since the listing, or a path too long to name
+                files.append(entry(rel, "unreadable", err.strerror or type(err).__name__))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                subdirectories.append(rel)
+            else:
+                files.append(entry(rel, *_classify(real_root, rel, st)))
+        directories.extend(reversed(subdirectories))
     return files
 
 
@@ -179,7 +266,8 @@ def list_inputs(cfg: InputConfig) -> list[InputFile]:
 def corpus_version(files: list[InputFile]) -> str:
     """A hash of every file's name, source, meta and bytes: the data stage's input version.
 
-    Rejected entries contribute their reason only, so a symlink's target outside the input is never read.
+    Rejected entries contribute their reason only, so a symlink's target outside the input, a FIFO
+    or a socket is never opened; files are opened as ingest opens them (:func:`open_input`).
     """
     digest = hashlib.sha256()
     for f in files:
@@ -187,7 +275,8 @@ def corpus_version(files: list[InputFile]) -> str:
             content = f.rejected
         else:
             try:
-                content = file_sha256(f.path)
+                with open_input(f) as fh:
+                    content = hashlib.file_digest(fh, "sha256").hexdigest()
             except OSError as err:
                 content = f"unreadable:{type(err).__name__}"
         digest.update(f"{f.rel}\0{f.source}\0{sorted(f.meta.items())}\0{content}\n".encode())

@@ -11,6 +11,10 @@ The artifact (``ArtifactStore`` stage ``data``) holds exactly what ``data/`` wil
 plus ``quality/`` (Great Expectations results JSON and Data Docs), which stays in the artifact store.
 None of the data files holds a timestamp or an absolute path, so building twice gives the same bytes.
 
+A batch that breaks a quality expectation builds no artifact. Its report (``quality/``, the
+``quarantine.jsonl`` of the documents left out so far and ``gate.json`` with the counts by reason and
+the broken expectations) is kept in ``.ladder/failed/data/<version>/``, which the error names.
+
 Accounting: a quarantined file or record counts as one document, so
 ``documents.total == documents.kept + sum(documents.quarantined.values())`` always.
 """
@@ -18,6 +22,7 @@ Accounting: a quarantined file or record counts as one document, so
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from ladder.artifacts import Artifact, Code, StageOutput
+from ladder.artifacts import Artifact, Code, StageOutput, stage_version
 from ladder.workspace import Workspace
 from tasks.data.config import DataConfig
 from tasks.data.corpus import InputFile
@@ -34,14 +39,14 @@ from tasks.data.dedup import deduplicate
 from tasks.data.document import SPLITS, Document, split_dir
 from tasks.data.ingest import Quarantined, ingest
 from tasks.data.normalize import normalize
-from tasks.data.quality import quality_gate, row_stats
+from tasks.data.quality import QUALITY_DIR, QualityGateError, QualityResult, quality_gate, row_stats
 from tasks.data.split import split_and_mix
 
 STAGE = "data"
 # xxhash decides exact and near duplicates, repeated paragraphs and which split a document lands in.
 CODE = Code(("tasks.data",), ("great_expectations", "pyarrow", "pandas", "numpy", "xxhash"))
 DATA_FILES = ("curated", "quarantine.jsonl", "dataset.json")
-QUALITY_DIR = "quality"
+GATE_REPORT = "gate.json"  # the counts of a build the quality gate stopped
 
 
 def write_shards(directory: Path, docs: list[Document], per_shard: int) -> None:
@@ -99,14 +104,42 @@ def _sources(quarantined: list[Quarantined], splits: dict[str, list[Document]]) 
     }
 
 
+def _write_quarantine(out_dir: Path, quarantined: list[Quarantined]) -> None:
+    with (out_dir / "quarantine.jsonl").open("w", encoding="utf-8") as fh:
+        fh.writelines(q.to_json() + "\n" for q in quarantined)
+
+
+def _gate_failed(out_dir: Path, total: int, files: dict[str, Any], quarantined: list[Quarantined],
+                 gate: QualityResult, corpus: str) -> QualityGateError:
+    """Write the report of a batch the gate stopped into ``out_dir`` (beside ``quality/``); the error to raise."""
+    assert total == len(gate.kept) + len(quarantined), "accounting identity broken: a document was lost"
+    _write_quarantine(out_dir, quarantined)
+    reasons = Counter(q.reason for q in quarantined)
+    report = {
+        "corpus": corpus,
+        "failures": gate.failures,
+        "counts": {
+            "files": files,
+            "documents": {"total": total, "passed_rules": len(gate.kept), "quarantined": dict(sorted(reasons.items()))},
+        },
+    }
+    (out_dir / GATE_REPORT).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return QualityGateError(gate.failures, out_dir)
+
+
 def build_dataset(out_dir: Path, files: list[InputFile], cfg: DataConfig, corpus: str) -> StageOutput:
     """Run every step on ``files`` and write the artifact's files into ``out_dir`` (see the module docstring).
 
-    Raises ``QualityGateError`` when the batch breaks a batch-level expectation.
+    Raises ``QualityGateError`` when the batch breaks a batch-level expectation, after writing the
+    gate's report into ``out_dir``.
     """
     ingested = ingest(files, cfg.input)
     normalized = normalize(ingested.records, cfg.normalize)
+    total = len(ingested.quarantined) + len(normalized.quarantined) + len(normalized.documents)
     gate = quality_gate(normalized.documents, cfg.quality, out_dir / QUALITY_DIR)
+    if gate.failures:
+        so_far = [*ingested.quarantined, *normalized.quarantined, *gate.quarantined]
+        raise _gate_failed(out_dir, total, ingested.files, so_far, gate, corpus)
     deduped = deduplicate(gate.kept, cfg.dedup)
     split = split_and_mix(deduped.kept, cfg.split, cfg.mixture)
 
@@ -117,7 +150,6 @@ def build_dataset(out_dir: Path, files: list[InputFile], cfg: DataConfig, corpus
         q.stats = row_stats(stats[q.id])
     quarantined = [*ingested.quarantined, *normalized.quarantined, *gate.quarantined, *dropped, *split.quarantined]
 
-    total = len(ingested.quarantined) + len(normalized.quarantined) + len(normalized.documents)
     words = {row_id: int(row["words"]) for row_id, row in stats.items()}
     counts = {
         "files": ingested.files,
@@ -132,8 +164,7 @@ def build_dataset(out_dir: Path, files: list[InputFile], cfg: DataConfig, corpus
     }
     for name in SPLITS:
         write_shards(split_dir(out_dir, name), split.splits[name], cfg.split.shard_documents)
-    with (out_dir / "quarantine.jsonl").open("w", encoding="utf-8") as fh:
-        fh.writelines(q.to_json() + "\n" for q in quarantined)
+    _write_quarantine(out_dir, quarantined)
     # The location of the input is not part of the dataset's identity; its content (corpus) is.
     config = cfg.to_dict()
     config["input"].pop("input_dir")
@@ -149,10 +180,24 @@ def _share(counts: dict[str, Any]) -> float:
 
 @task(name="data-curate", cache_policy=NO_CACHE)  # the artifact store is the cache
 def curate(ws: Workspace, cfg: DataConfig, files: list[InputFile], corpus: str) -> tuple[Artifact, bool]:
-    """The data artifact for (corpus, config): built once, then a cache hit that does no work."""
-    artifact, cached = ws.store().run_stage(
-        STAGE, cfg, {"corpus": corpus}, lambda out: build_dataset(out, files, cfg, corpus), code=CODE
-    )
+    """The data artifact for (corpus, config): built once, then a cache hit that does no work.
+
+    A batch the quality gate stops raises ``QualityGateError`` naming ``.ladder/failed/data/<version>/``,
+    where the report of the failed build is kept.
+    """
+    inputs = {"corpus": corpus}
+
+    def build(out_dir: Path) -> StageOutput:
+        try:
+            return build_dataset(out_dir, files, cfg, corpus)
+        except QualityGateError as err:
+            # run_stage deletes the build directory of a failed build: keep the report where the message says.
+            kept = ws.state / "failed" / STAGE / stage_version(STAGE, cfg, inputs, CODE)
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(err.report, kept)
+            raise QualityGateError(err.failures, kept) from None
+
+    artifact, cached = ws.store().run_stage(STAGE, cfg, inputs, build, code=CODE)
     docs = artifact.counts["documents"]
     get_run_logger().info(
         "data artifact %s (%s): %d documents, %d kept, quarantined %s",

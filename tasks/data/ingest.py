@@ -4,8 +4,10 @@ A text file (.txt, .md) is one record, id ``<rel path>``; a .jsonl or .jsonl.gz 
 id ``<rel path>:<line number, from 1>``; a .parquet row is one record, id ``<rel path>:<row, from 0>``.
 Bad input never raises: each problem becomes a ``Quarantined`` entry with one of these reasons:
 
-- file level: ``symlink_outside_input``, ``symlink_to_directory``, ``unsupported_extension``,
-  ``unreadable`` (permission denied, vanished, corrupt gzip or parquet), ``file_too_large``,
+- file level: ``symlink_outside_input``, ``symlink_to_directory``, ``not_regular_file`` (a FIFO,
+  socket or device: never opened), ``unsupported_extension``, ``unreadable`` (permission denied,
+  vanished, a dangling or looping symlink, a directory that cannot be listed, corrupt gzip or
+  parquet), ``file_too_large`` (past ``data.input.max_file_bytes`` on disk or once decompressed),
   ``binary`` (NUL bytes), ``invalid_utf8``, ``empty``, ``line_too_long``;
 - record level (jsonl, parquet): ``malformed_json``, ``missing_text_field``, ``invalid_utf8``,
   ``empty``, ``line_too_long``.
@@ -19,14 +21,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import zlib
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
+from typing import Any, BinaryIO
 
 from tasks.data.config import InputConfig
-from tasks.data.corpus import InputFile, file_format
+from tasks.data.corpus import InputFile, NotRegularFile, file_format, open_input
 from tasks.data.document import Document
 
 NUL = b"\0"
@@ -82,16 +86,45 @@ def _check_text(text: str, cfg: InputConfig) -> None:
         )
 
 
-def _read_bytes(f: InputFile, cfg: InputConfig) -> bytes:
+def _too_large(what: str, cfg: InputConfig) -> _Bad:
+    return _Bad("file_too_large", f"{what}, past data.input.max_file_bytes={cfg.max_file_bytes}: split the file")
+
+
+def _error_detail(err: Exception) -> str:
+    return f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}"
+
+
+@contextmanager
+def _opened(f: InputFile, cfg: InputConfig) -> Iterator[BinaryIO]:
+    """``f`` open for reading (see ``open_input``), its size on disk within ``cfg.max_file_bytes``."""
     try:
-        size = f.path.stat().st_size
+        fh = open_input(f)
+    except NotRegularFile as err:  # swapped in after discovery classified the entry
+        raise _Bad("not_regular_file", str(err)) from None
+    except OSError as err:
+        raise _Bad("unreadable", _error_detail(err)) from None
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
         if size > cfg.max_file_bytes:
-            raise _Bad("file_too_large", f"{size} bytes exceeds data.input.max_file_bytes={cfg.max_file_bytes}")
-        data = f.path.read_bytes()
-        if file_format(f.rel) == "jsonl.gz":
-            data = gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as err:
-        raise _Bad("unreadable", f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}") from None
+            raise _too_large(f"{size} bytes on disk", cfg)
+        yield fh
+
+
+def _read_bytes(f: InputFile, cfg: InputConfig) -> bytes:
+    """The file's bytes, decompressed for .jsonl.gz; at most ``cfg.max_file_bytes`` of them either way.
+
+    Reading one byte past the bound tells a file at the bound from a larger one: a gzip bomb is
+    stopped after ``max_file_bytes`` of output, and a file that grew since ``fstat`` is caught too.
+    """
+    compressed = file_format(f.rel) == "jsonl.gz"
+    with _opened(f, cfg) as fh:
+        try:
+            data = (gzip.GzipFile(fileobj=fh) if compressed else fh).read(cfg.max_file_bytes + 1)
+        except (OSError, EOFError, zlib.error) as err:
+            raise _Bad("unreadable", _error_detail(err)) from None
+    if len(data) > cfg.max_file_bytes:
+        grown = "once decompressed" if compressed else "as read (it grew after its size was checked)"
+        raise _too_large(f"more than {cfg.max_file_bytes} bytes {grown}", cfg)
     if not data.strip():
         raise _Bad("empty", "no bytes" if not data else "only whitespace")
     if NUL in data:
@@ -136,15 +169,25 @@ def _jsonl_records(f: InputFile, cfg: InputConfig, bad: list[Quarantined]) -> li
 def _parquet_records(f: InputFile, cfg: InputConfig, bad: list[Quarantined]) -> list[Document]:
     import pyarrow.parquet as pq
 
-    try:
-        schema = pq.read_schema(f.path)
-        if cfg.text_field not in schema.names:
-            raise _Bad(
-                "missing_text_field", f"no column {cfg.text_field!r} (has {schema.names}): set data.input.text_field"
-            )
-        values = pq.read_table(f.path, columns=[cfg.text_field]).column(0).to_pylist()
-    except (OSError, ValueError) as err:  # pyarrow raises ArrowInvalid (a ValueError) on corrupt files
-        raise _Bad("unreadable", f"not a readable parquet file: {type(err).__name__}") from None
+    values: list[Any] = []
+    with _opened(f, cfg) as fh:
+        try:
+            table = pq.ParquetFile(fh)
+            if cfg.text_field not in table.schema_arrow.names:
+                raise _Bad("missing_text_field",
+                           f"no column {cfg.text_field!r} (has {table.schema_arrow.names}): set data.input.text_field")
+            # Row group by row group, so that a column decompressing past the bound stops the read
+            # within one row group of it.
+            decoded = 0
+            for index in range(table.num_row_groups):
+                column = table.read_row_group(index, columns=[cfg.text_field]).column(0)
+                decoded += column.nbytes
+                if decoded > cfg.max_file_bytes:
+                    limit = cfg.max_file_bytes
+                    raise _too_large(f"column {cfg.text_field!r} holds more than {limit} bytes decompressed", cfg)
+                values.extend(column.to_pylist())
+        except (OSError, ValueError) as err:  # pyarrow raises ArrowInvalid (a ValueError) on corrupt files
+            raise _Bad("unreadable", f"not a readable parquet file: {type(err).__name__}") from None
     records = []
     for row, value in enumerate(values):
         rid = f"{f.rel}:{row}"

@@ -3,8 +3,9 @@
 Each document gets the statistics in ``STAT_COLUMNS``. The per-document rules (``RULES``, in order)
 quarantine a document with the reason of the first rule it fails; ``failed_rules`` in its stats lists
 them all. Then Great Expectations validates the whole batch (the share of documents quarantined, the
-documents and words that pass, unique ids): a batch that breaks an expectation raises
-``QualityGateError`` naming it. The results JSON and the Data Docs HTML are written to ``report_dir``.
+documents and words that pass, unique ids); the result names each expectation the batch broke, and
+the stage raises ``QualityGateError`` once it has kept the gate's report. The results JSON and the
+Data Docs HTML are written to ``report_dir``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tasks.data.config import QualityConfig
 from tasks.data.document import Document
 from tasks.data.ingest import Quarantined
 
+QUALITY_DIR = "quality"  # the gate's report (results JSON, Data Docs) within an artifact or a kept failed report
 RESULTS_JSON = "results.json"
 DATA_DOCS_INDEX = "gx/uncommitted/data_docs/local_site/index.html"
 
@@ -41,17 +43,30 @@ STAT_COLUMNS = (
 
 
 class QualityGateError(ValueError):
-    """The batch broke a batch-level expectation; the message names each one that failed."""
+    """The batch broke a batch-level expectation; the message names each one and where the gate's report is kept."""
+
+    def __init__(self, failures: list[str], report: Path) -> None:
+        self.failures, self.report = failures, report
+        super().__init__(
+            f"data quality gate failed: {'; '.join(failures)}. The gate's report (Data Docs, the documents "
+            f"quarantined so far with their reasons, the counts by reason) is kept in {report}; "
+            f"Data Docs: {report / QUALITY_DIR / DATA_DOCS_INDEX}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Prefect pickles a failed task's exception; the default would call __init__ with the message alone.
+        return type(self), (self.failures, self.report)
 
 
 @dataclass
 class QualityResult:
-    """Documents that passed (in input order), those quarantined, and every document's statistics."""
+    """Documents that passed (in input order), those quarantined, every document's statistics, the batch's verdict."""
 
     kept: list[Document]
     quarantined: list[Quarantined]
     stats: pd.DataFrame  # one row per document: id, source, STAT_COLUMNS, reason, failed_rules
     results: dict[str, Any]  # the Great Expectations validation result
+    failures: list[str]  # each batch expectation broken, with what was observed; empty when the batch passes
 
 
 def document_stats(text: str) -> dict[str, float]:
@@ -139,10 +154,10 @@ def batch_expectations(cfg: QualityConfig) -> list[Any]:
     ]
 
 
-def validate_batch(frame: pd.DataFrame, cfg: QualityConfig, report_dir: Path) -> dict[str, Any]:
+def validate_batch(frame: pd.DataFrame, cfg: QualityConfig, report_dir: Path) -> tuple[dict[str, Any], list[str]]:
     """Run the batch expectations in a file-mode GX context under ``report_dir`` and build Data Docs.
 
-    Returns the validation result as JSON; raises ``QualityGateError`` when any expectation fails.
+    Returns the validation result as JSON and a description of each expectation that failed.
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -173,12 +188,7 @@ def validate_batch(frame: pd.DataFrame, cfg: QualityConfig, report_dir: Path) ->
     (result,) = run.run_results.values()
     results = result.to_json_dict()
     (report_dir / RESULTS_JSON).write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
-    failed = [r for r in result.results if not r.success]
-    if failed:
-        docs = report_dir / DATA_DOCS_INDEX
-        problems = "; ".join(_describe(r) for r in failed)
-        raise QualityGateError(f"data quality gate failed: {problems} (Data Docs: {docs})")
-    return results
+    return results, [_describe(r) for r in result.results if not r.success]
 
 
 def _describe(r: Any) -> str:
@@ -194,9 +204,9 @@ def _describe(r: Any) -> str:
 
 
 def quality_gate(docs: list[Document], cfg: QualityConfig, report_dir: Path) -> QualityResult:
-    """Score every document, quarantine those failing a rule, validate the batch (raises ``QualityGateError``)."""
+    """Score every document, quarantine those failing a rule, validate the batch (``failures`` says how it broke)."""
     frame = apply_rules(stats_frame(docs), cfg)
-    results = validate_batch(frame, cfg, report_dir)
+    results, failures = validate_batch(frame, cfg, report_dir)
     kept, quarantined = [], []
     for doc, row in zip(docs, frame.to_dict("records"), strict=True):
         if not row["failed_rules"]:
@@ -206,7 +216,7 @@ def quality_gate(docs: list[Document], cfg: QualityConfig, report_dir: Path) -> 
                 Quarantined(doc.id, doc.source, row["reason"], detail=", ".join(row["failed_rules"]),
                             stats=row_stats(row))
             )
-    return QualityResult(kept, quarantined, frame, results)
+    return QualityResult(kept, quarantined, frame, results, failures)
 
 
 def row_stats(row: dict[str, Any]) -> dict[str, float]:

@@ -97,10 +97,11 @@ def _similar_pairs(sigs: np.ndarray, threshold: float) -> list[tuple[int, int]]:
         values = column[order]
         starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
         ends = np.append(starts[1:], len(values))
-        for lo, hi in zip(starts.tolist(), ends.tolist()):
-            # a record without shingles has EMPTY everywhere: it resembles nothing
-            if hi - lo > 1 and values[lo] != minhash.EMPTY:
-                shared.update(itertools.combinations(sorted(order[lo:hi].tolist()), 2))
+        # Most values are a single record's; only runs of two or more reach the Python loop. A
+        # record without shingles has EMPTY everywhere: it resembles nothing.
+        shared_run = (ends - starts > 1) & (values[starts] != minhash.EMPTY)
+        for lo, hi in zip(starts[shared_run].tolist(), ends[shared_run].tolist()):
+            shared.update(itertools.combinations(sorted(order[lo:hi].tolist()), 2))
     needed = threshold * sigs.shape[1]
     return sorted(pair for pair, count in shared.items() if count >= needed)
 
@@ -136,7 +137,8 @@ def work_groups(docs: list[Document], threshold: float) -> dict[str, str]:
 def assign_groups(docs: list[Document], group_of: dict[str, str], cfg: SplitConfig) -> dict[str, str]:
     """Group key -> split: per source, whole groups fill test, then validation (see the module docstring).
 
-    ``group_of`` maps each document id to its group key.
+    ``group_of`` maps each document id to its group key. Sorting a source's groups costs n log n;
+    filling a split is one forward scan, so the whole assignment is n log n in documents.
     """
     sizes: dict[str, Counter[str]] = defaultdict(Counter)  # source -> group -> documents
     for doc in docs:
@@ -150,21 +152,32 @@ def assign_groups(docs: list[Document], group_of: dict[str, str], cfg: SplitConf
             if group in split_of:
                 held[split_of[group]] += here[group]
         pending = [g for g in ordered if g not in split_of]
+        placed = [False] * len(pending)  # placed[i]: pending[i] went to a held-out split
+        left = len(pending)
         total = sum(here.values())
         if len(ordered) >= MIN_WORKS_TO_HOLD_OUT:
             for split, fraction in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
-                while len(pending) > 1 and held[split] < fraction * total:
-                    # A work that would take the split past twice its share is passed over for a
-                    # later one, so one large work cannot swallow a source's training data; an
-                    # empty split still takes the smallest work, so every source is held out.
-                    fitting = [g for g in pending if held[split] + here[g] <= 2 * fraction * total]
-                    if not fitting and held[split]:
+                # A work that would take the split past twice its share is passed over for a later
+                # one, so one large work cannot swallow a source's training data. The split only
+                # grows, so a work passed over never fits again: the next work to take is found by
+                # moving ``cursor`` forward, never back.
+                cursor = 0
+                while left > 1 and held[split] < fraction * total:
+                    while cursor < len(pending) and (
+                        placed[cursor] or held[split] + here[pending[cursor]] > 2 * fraction * total
+                    ):
+                        cursor += 1
+                    if cursor < len(pending):
+                        index = cursor
+                    elif held[split]:
                         break
-                    group = fitting[0] if fitting else min(pending, key=lambda g: here[g])
-                    pending.remove(group)
-                    split_of[group] = split
-                    held[split] += here[group]
-        split_of.update(dict.fromkeys(pending, "train"))
+                    else:  # an empty split still takes the smallest work, so every source is held out
+                        index = min((i for i in range(len(pending)) if not placed[i]), key=lambda i: here[pending[i]])
+                    placed[index] = True
+                    left -= 1
+                    split_of[pending[index]] = split
+                    held[split] += here[pending[index]]
+        split_of.update((group, "train") for group, done in zip(pending, placed) if not done)
     return split_of
 
 

@@ -27,9 +27,9 @@ from ladder.tags import DATASET, DATA_CACHED
 from ladder.tracking import flatten, stage_run
 from ladder.workspace import Workspace
 from tasks.data.config import DataConfig
-from tasks.data.curate import DATA_FILES, QUALITY_DIR, STAGE
+from tasks.data.curate import DATA_FILES, STAGE
 from tasks.data.document import SPLITS, iter_split
-from tasks.data.quality import DATA_DOCS_INDEX, RESULTS_JSON
+from tasks.data.quality import DATA_DOCS_INDEX, QUALITY_DIR, RESULTS_JSON
 
 STAMPS = "dvc-md5.json"
 

@@ -132,7 +132,7 @@ class ScalingGate:
 
     ``status``: ``passed``; ``failed`` (the run missed its prediction and the policy requires
     the gate: the pipeline stops, the release gate rejects); ``overridden`` (it missed, and a
-    person let it through with ``ladder.override_gate``: ``override_reason`` says why);
+    person let it through with ``scaling.override_gate``: ``override_reason`` says why);
     ``advisory`` (it missed, and the policy ``evals.gate.scaling_gate=advisory`` only reports it).
     Between flows it travels as the plain dict of :meth:`to_dict`.
     """
@@ -148,7 +148,7 @@ class ScalingGate:
         if (self.status == OVERRIDDEN) != bool(self.override_reason.strip()):
             raise ValueError(
                 f"scaling gate status {self.status!r} with override_reason {self.override_reason!r}: an overridden "
-                "gate needs the reason it was overridden for (ladder.override_reason), and only an overridden one has one"
+                "gate needs the reason it was overridden for (scaling.override_reason), and only an overridden one has one"
             )
 
     @classmethod
@@ -186,7 +186,7 @@ class ScalingGate:
 def scaling_outcome(target: dict[str, Any], policy: GatePolicy) -> ScalingGate:
     """The scaling stage's decision on the target run (``target_gate``'s result) under the release policy.
 
-    Whether the pipeline goes on: a pass and an override (``ladder.override_gate``, kept with its
+    Whether the pipeline goes on: a pass and an override (``scaling.override_gate``, kept with its
     reason) do; a miss goes on as advisory under ``evals.gate.scaling_gate=advisory`` and stops
     the pipeline (:attr:`ScalingGate.blocks`) under ``required``.
     """

@@ -52,7 +52,7 @@ def collect(
     scaling_gate: dict[str, Any] | None = None,
     extra: dict[str, str] | None = None,
 ) -> Node:
-    """The model's tree. ``extra`` maps names to artifact versions the caller knows (``ladder``): each is walked too.
+    """The model's tree. ``extra`` maps names to artifact versions the caller knows (``scaling``): each is walked too.
 
     ``training_run_id`` is the caller's word for a model from outside the store, which has no manifest.
     """
@@ -91,7 +91,7 @@ def _first(tree: Node, key: str, value: str) -> Node | None:
 
 
 def to_tags(tree: Node) -> dict[str, str]:
-    """The searchable links: dataset md5, raw corpus, the model's artifact and training run, suite, ladder, scaling gate."""
+    """The searchable links: dataset md5, raw corpus, the model's artifact and training run, suite, scaling fit, scaling gate."""
     model = tree["inputs"]["model"]
     tags = {
         "model_artifact": f"{model['stage']}:{model['version']}" if "stage" in model else model["value"],
@@ -107,7 +107,7 @@ def to_tags(tree: Node) -> dict[str, str]:
     corpus = (data or {}).get("inputs", {}).get("corpus") or (datasets[0]["inputs"].get("corpus") if datasets else None)
     if corpus:
         tags["corpus"] = str(corpus["value"])
-    for name in ("ladder", "scaling_gate"):
+    for name in ("scaling", "scaling_gate"):
         if name in tree["inputs"]:
             node = tree["inputs"][name]
             tags[name] = node.get("version") or str(node["value"])

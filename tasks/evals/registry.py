@@ -112,7 +112,7 @@ def alias_version(name: str, alias: str) -> str | None:
 
 
 def eval_table(run_id: str) -> MetricTable:
-    """The eval table an evaluate run logged."""
+    """The eval table an evals run logged."""
     import mlflow
 
     return table_from_dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{METRICS_ARTIFACT}"))

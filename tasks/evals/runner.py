@@ -70,7 +70,7 @@ def table_from_rows(rows: list[dict[str, Any]]) -> MetricTable:
         return {row["metric"]: Metric(**{k: v for k, v in row.items() if k != "metric"}) for row in rows}
     except (KeyError, TypeError) as err:
         raise ValueError(
-            f"metric rows need metric, value, stderr, higher_is_better and items (as evaluate_flow returns them): {err}"
+            f"metric rows need metric, value, stderr, higher_is_better and items (as evals_flow returns them): {err}"
         ) from None
 
 

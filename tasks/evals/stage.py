@@ -23,9 +23,9 @@ from tasks.evals.config import EvalConfig, RunConfig
 from tasks.evals.gate import Decision, ScalingGate, gate, report_markdown
 from tasks.evals.runner import Evaluation, MetricTable, run_lm_eval, table_rows, table_to_dict
 from tasks.evals.suite import DROPPED, ITEMS_DIR, SUITE_JSON, Suite
-STAGE = "evaluate"
-PRETRAIN_STAGE = "pretrain"
-PRETRAIN_MODEL_DIR = "model"  # the HF checkpoint (tokenizer files included) inside a pretrain artifact
+STAGE = "evals"
+TRAIN_STAGE = "train"
+TRAIN_MODEL_DIR = "model"  # the HF checkpoint (tokenizer files included) inside a train artifact
 GATE_REPORT = "gate_report.md"
 # How often a candidate is judged again when concurrent evaluations keep moving the champion
 # before its decision is recorded; each time, another candidate was promoted in between.
@@ -67,7 +67,7 @@ def verdict(
     name: str, version: str, *, decision: str, reasons: list[str], alias: str | None, champion_before: str | None,
     table: MetricTable, eval_run_id: str, suite: Suite, links: dict[str, Any], reused: bool,
 ) -> dict[str, Any]:
-    """What the evaluate flow returns about a registry version, judged now or (``reused``) earlier.
+    """What the evals flow returns about a registry version, judged now or (``reused``) earlier.
 
     ``alias`` is None for a version that holds none (a later champion took it).
     """
@@ -122,18 +122,18 @@ class ChampionScores:
 
 @task(name="resolve-candidate", cache_policy=NO_CACHE)
 def resolve_candidate(ws: Workspace, model_dir: str | None, training_run_id: str | None) -> Candidate:
-    """``model_dir`` as given, or the model of the latest pretrain artifact and the MLflow run that logged it."""
+    """``model_dir`` as given, or the model of the latest train artifact and the MLflow run that logged it."""
     if model_dir is not None:
         path = Path(model_dir).resolve()
         if not path.is_dir():
             raise ValueError(f"model dir {path} does not exist: pass a Hugging Face checkpoint directory")
         return Candidate(path, training_run_id)
-    artifact = ws.store().latest(PRETRAIN_STAGE)
+    artifact = ws.store().latest(TRAIN_STAGE)
     if artifact is None:
-        raise ValueError(f"no pretrained model under {ws.artifacts / PRETRAIN_STAGE}: run `ladder pretrain` or pass a model dir")
+        raise ValueError(f"no trained model under {ws.artifacts / TRAIN_STAGE}: run `ladder train` or pass a model dir")
     if training_run_id is None:
         training_run_id = producing_run(ws, artifact.version).get("mlflow_run")
-    return Candidate(artifact.path / PRETRAIN_MODEL_DIR, training_run_id)
+    return Candidate(artifact.path / TRAIN_MODEL_DIR, training_run_id)
 
 
 @task(name="score-champion", cache_policy=NO_CACHE)
@@ -174,7 +174,7 @@ def log_evaluation(
     candidate: Candidate,
     dataset_md5: str,
 ) -> tuple[str, str]:
-    """One MLflow run (stage ``evaluate``) under the training run: results, samples, table, suite, model.
+    """One MLflow run (stage ``evals``) under the training run: results, samples, table, suite, model.
 
     Returns ``(run id, logged model URI)``; the model is logged in MLflow's transformers
     flavor so that the registry's versions load with ``mlflow.transformers.load_model``.

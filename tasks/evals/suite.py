@@ -40,7 +40,7 @@ from tasks.data.document import Document, iter_split
 from tasks.evals.config import SuiteConfig
 from tasks.evals.contamination import NgramIndex, overlaps, train_index, word_count
 
-STAGE = "eval_suite"
+STAGE = "evals"
 # Named module by module, the templates being an input: a registered model records the suite
 # version it was judged on, so an edit to the gate, registry or runner must not make a new one.
 # The files are written for this lm_eval's task format; xxhash hashes the contamination n-grams.

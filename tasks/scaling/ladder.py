@@ -26,7 +26,7 @@ from tasks.train.continued import resolve
 from tasks.train.shards import PackedShards
 
 
-class LadderConfig(Section):
+class ScalingConfig(Section):
     """The rungs to train, how to fit them, and how strictly the target run is held to the fit."""
 
     rungs: list[float] = Field(
@@ -53,17 +53,17 @@ class LadderConfig(Section):
     override_reason: str = Field("", description="Why the gate is overridden; required when override_gate is true.")
 
     @model_validator(mode="after")
-    def _ladder_shape(self) -> "LadderConfig":
+    def _ladder_shape(self) -> "ScalingConfig":
         rungs = sorted(self.rungs)
         if len(rungs) < 4:
-            raise ValueError(f"ladder.rungs needs at least 4 rungs, got {len(rungs)}")
+            raise ValueError(f"scaling.rungs needs at least 4 rungs, got {len(rungs)}")
         if rungs[0] <= 0 or rungs[-1] / rungs[0] < 8:
-            raise ValueError(f"ladder.rungs must span at least 8x in parameters, got {rungs[0]:g} to {rungs[-1]:g}")
+            raise ValueError(f"scaling.rungs must span at least 8x in parameters, got {rungs[0]:g} to {rungs[-1]:g}")
         ratios = [b / a for a, b in zip(rungs, rungs[1:])]
         if max(ratios) / min(ratios) > 1.25:
-            raise ValueError(f"ladder.rungs must be geometric (equal ratios between rungs), got ratios {ratios}")
+            raise ValueError(f"scaling.rungs must be geometric (equal ratios between rungs), got ratios {ratios}")
         if self.override_gate and not self.override_reason.strip():
-            raise ValueError("ladder.override_gate needs ladder.override_reason: say why the gate may be ignored")
+            raise ValueError("scaling.override_gate needs scaling.override_reason: say why the gate may be ignored")
         return self
 
 
@@ -81,11 +81,11 @@ def tokens_per_step(train: TrainConfig, seq_len: int) -> int:
     return train.global_batch_size * seq_len
 
 
-def rung_config(ladder: LadderConfig, train: TrainConfig, target_params: float, seq_len: int) -> TrainConfig:
+def rung_config(scaling: ScalingConfig, train: TrainConfig, target_params: float, seq_len: int) -> TrainConfig:
     """The target's training config, resized to one rung, evaluated ``evals_per_rung`` times."""
-    max_tokens = int(ladder.budget * ladder.tokens_per_param * target_params)
+    max_tokens = int(scaling.budget * scaling.tokens_per_param * target_params)
     steps = math.ceil(max_tokens / tokens_per_step(train, seq_len))
-    every = max(1, steps // ladder.evals_per_rung)
+    every = max(1, steps // scaling.evals_per_rung)
     warmup = min(train.schedule.warmup_steps, max(1, steps // 10))
     return train.model_copy(
         update={
@@ -99,14 +99,14 @@ def rung_config(ladder: LadderConfig, train: TrainConfig, target_params: float, 
                 update={"warmup_steps": min(train.spike_guard.warmup_steps, steps // 4)}
             ),
             "faults": [],
-            "threads_per_process": max(1, (os.cpu_count() or 1) // ladder.parallel),
+            "threads_per_process": max(1, (os.cpu_count() or 1) // scaling.parallel),
         }
     )
 
 
-def plan(ladder: LadderConfig, train: TrainConfig, shards: PackedShards) -> list[TrainConfig]:
+def plan(scaling: ScalingConfig, train: TrainConfig, shards: PackedShards) -> list[TrainConfig]:
     """The rungs' training configs, smallest first, resolved against the shards' vocabulary."""
-    return [resolve(rung_config(ladder, train, n, shards.seq_len), shards) for n in sorted(ladder.rungs)]
+    return [resolve(rung_config(scaling, train, n, shards.seq_len), shards) for n in sorted(scaling.rungs)]
 
 
 def target(train: TrainConfig, shards: PackedShards) -> tuple[float, float]:

@@ -1,8 +1,8 @@
-"""The ladder stage: train the rungs, fit the law, predict the target, and gate the target run.
+"""The scaling stage: train the ladder's rungs, fit the law, predict the target, and gate the target run.
 
-The ladder's artifact (stage ``ladder``) holds ``points.json``, ``fit.json`` (fit, intervals,
+Its artifact (stage ``scaling``) holds ``points.json``, ``fit.json`` (fit, intervals,
 self-check, prediction, compute-optimal answers), ``summary.md`` and the two plots. Each rung
-is a ``pretrain`` artifact of its own, so a rerun retrains nothing that is unchanged.
+is a ``train`` artifact of its own, so a rerun retrains nothing that is unchanged.
 """
 
 from __future__ import annotations
@@ -23,64 +23,64 @@ from ladder.tags import SCALING_GATE, SCALING_GATE_REASONS, SCALING_OVERRIDE, in
 from ladder.workspace import Workspace
 from tasks.scaling.analysis import fit_scaling_law
 from tasks.scaling.fit import Prediction, ScalingFit, compute_optimal, gate, predict
-from tasks.scaling.ladder import LadderConfig, Point, plan, rung_points, target
+from tasks.scaling.ladder import Point, ScalingConfig, plan, rung_points, target
 from tasks.scaling.plots import plot_loss_vs_compute, plot_predicted_vs_actual, summary_markdown, write_png
 from tasks.train.config import TrainConfig
 from tasks.train.shards import PackedShards
-from tasks.train.stage import CODE as PRETRAIN_CODE, PretrainInputs, pretrain
+from tasks.train.stage import CODE as TRAIN_CODE, TrainInputs, train_model
 
 log = logging.getLogger(__name__)
 
-STAGE = "ladder"
+STAGE = "scaling"
 # The rungs' losses are the points the law is fitted to, and the artifact's inputs do not name
 # the rungs' versions: so it is built by the training code too. scipy fits the law; numpy resamples it.
 CODE = Code(
-    ("tasks.scaling", *PRETRAIN_CODE.packages),
-    ("scipy", *PRETRAIN_CODE.libraries),
+    ("tasks.scaling", *TRAIN_CODE.packages),
+    ("scipy", *TRAIN_CODE.libraries),
 )
 POINTS, FIT, SUMMARY = "points.json", "fit.json", "summary.md"
 LOSS_VS_COMPUTE, PREDICTED_VS_ACTUAL = "loss_vs_compute.png", "predicted_vs_actual.png"
 
 
-class LadderStageConfig(Section):
-    """What versions the ladder artifact: the ladder's own config and the training config it resizes."""
+class ScalingStageConfig(Section):
+    """What versions the scaling artifact: the ``scaling`` section and the training config its rungs resize."""
 
-    ladder: LadderConfig
+    scaling: ScalingConfig
     train: TrainConfig
 
 
 def train_rungs(
-    ws: Workspace, ladder: LadderConfig, train: TrainConfig, inputs: PretrainInputs, parent_run_id: str | None
+    ws: Workspace, scaling: ScalingConfig, train: TrainConfig, inputs: TrainInputs, parent_run_id: str | None
 ) -> list[tuple[TrainConfig, Artifact]]:
-    """Train every rung (``ladder.parallel`` side by side); each is a child run of the ladder's run."""
-    configs = plan(ladder, train, PackedShards(inputs.train_shards))
+    """Train every rung (``scaling.parallel`` side by side); each is a child run of the scaling run."""
+    configs = plan(scaling, train, PackedShards(inputs.train_shards))
     done: list[tuple[TrainConfig, Artifact]] = []
-    for start in range(0, len(configs), ladder.parallel):
-        wave = configs[start : start + ladder.parallel]
-        futures = [pretrain.submit(ws, cfg, inputs, parent_run_id=parent_run_id) for cfg in wave]
+    for start in range(0, len(configs), scaling.parallel):
+        wave = configs[start : start + scaling.parallel]
+        futures = [train_model.submit(ws, cfg, inputs, parent_run_id=parent_run_id) for cfg in wave]
         done += [(cfg, future.result()[0]) for cfg, future in zip(wave, futures)]
     return done
 
 
-def collect_points(ladder: LadderConfig, rungs: list[tuple[TrainConfig, Artifact]], seq_len: int) -> list[Point]:
+def collect_points(scaling: ScalingConfig, rungs: list[tuple[TrainConfig, Artifact]], seq_len: int) -> list[Point]:
     points: list[Point] = []
     for index, (cfg, artifact) in enumerate(rungs):
-        min_tokens = ladder.min_tokens_fraction * cfg.total_steps(seq_len) * cfg.global_batch_size * seq_len
+        min_tokens = scaling.min_tokens_fraction * cfg.total_steps(seq_len) * cfg.global_batch_size * seq_len
         points += rung_points(index, cfg, artifact.file("metrics.jsonl"), seq_len, min_tokens)
     return points
 
 
-def build_ladder(out: Path, cfg: LadderStageConfig, points: list[Point], target_nd: tuple[float, float]) -> StageOutput:
+def build_scaling(out: Path, cfg: ScalingStageConfig, points: list[Point], target_nd: tuple[float, float]) -> StageOutput:
     """Fit the points, predict the target, answer the compute-optimal questions, draw and summarise."""
     n = np.array([p.n_params for p in points])
     d = np.array([p.n_tokens for p in points])
     loss = np.array([p.loss for p in points])
-    result = fit_scaling_law.fn(n, d, loss, cfg.ladder.fit)
+    result = fit_scaling_law.fn(n, d, loss, cfg.scaling.fit)
     prediction = predict(result.fit, *target_nd, result.intervals)
-    budgets = compute_optimal(result.fit, np.array(cfg.ladder.compute_budgets))
+    budgets = compute_optimal(result.fit, np.array(cfg.scaling.compute_budgets))
     optimal = [
         {"flops": float(c), "n_params": float(np_), "n_tokens": float(nd), "loss": float(lo)}
-        for c, np_, nd, lo in zip(cfg.ladder.compute_budgets, budgets.n_params, budgets.n_tokens, budgets.loss)
+        for c, np_, nd, lo in zip(cfg.scaling.compute_budgets, budgets.n_params, budgets.n_tokens, budgets.loss)
     ]
     (out / POINTS).write_text(json.dumps([p.__dict__ for p in points], indent=2))
     (out / FIT).write_text(
@@ -108,12 +108,12 @@ def build_ladder(out: Path, cfg: LadderStageConfig, points: list[Point], target_
     )
 
 
-@task(name="ladder", cache_policy=NO_CACHE)
-def run_ladder(ws: Workspace, ladder: LadderConfig, train: TrainConfig, inputs: PretrainInputs) -> tuple[Artifact, bool]:
-    """The ladder artifact for these inputs: rungs trained (or found), law fitted, target predicted."""
+@task(name="scaling", cache_policy=NO_CACHE)
+def run_scaling(ws: Workspace, scaling: ScalingConfig, train: TrainConfig, inputs: TrainInputs) -> tuple[Artifact, bool]:
+    """The scaling artifact for these inputs: rungs trained (or found), law fitted, target predicted."""
     from ladder.tracking import stage_run
 
-    cfg = LadderStageConfig(ladder=ladder, train=train)
+    cfg = ScalingStageConfig(scaling=scaling, train=train)
     shards = PackedShards(inputs.train_shards)
     artifacts = ws.store()
 
@@ -121,12 +121,12 @@ def run_ladder(ws: Workspace, ladder: LadderConfig, train: TrainConfig, inputs: 
 
     def build(out: Path) -> StageOutput:
         with stage_run(ws, STAGE, cfg, tags=input_tags(inputs.versions), produces=produces) as run:
-            rungs = train_rungs(ws, ladder, train, inputs, run.info.run_id)
-            output = build_ladder(out, cfg, collect_points(ladder, rungs, shards.seq_len), target(train, shards))
+            rungs = train_rungs(ws, scaling, train, inputs, run.info.run_id)
+            output = build_scaling(out, cfg, collect_points(scaling, rungs, shards.seq_len), target(train, shards))
             import mlflow
 
             mlflow.log_metrics({k: float(v) for k, v in output.metrics.items()})
-            mlflow.log_artifacts(str(out), artifact_path="ladder")
+            mlflow.log_artifacts(str(out), artifact_path=STAGE)
             (out / "mlflow_run_id").write_text(run.info.run_id)
         return output
 
@@ -138,13 +138,13 @@ def _png_markdown(path: Path) -> str:
     return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
-@task(name="publish-ladder-report", cache_policy=NO_CACHE)
-def publish_ladder(artifact: Artifact) -> dict[str, Any]:
+@task(name="publish-scaling-report", cache_policy=NO_CACHE)
+def publish_scaling(artifact: Artifact) -> dict[str, Any]:
     """Prefect artifacts of the fit and prediction (logged before the target run starts)."""
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(
-        key="ladder-summary",
+        key="scaling-summary",
         markdown=artifact.file(SUMMARY).read_text()
         + "\n\n" + _png_markdown(artifact.file(LOSS_VS_COMPUTE))
         + "\n\n" + _png_markdown(artifact.file(PREDICTED_VS_ACTUAL)),
@@ -152,7 +152,7 @@ def publish_ladder(artifact: Artifact) -> dict[str, Any]:
     )
     fit = json.loads(artifact.file(FIT).read_text())
     return {
-        "ladder_version": artifact.version,
+        "scaling_version": artifact.version,
         "fit": {k: fit["fit"][k] for k in ("E", "A", "B", "alpha", "beta")},
         "self_check_rel_error": fit["holdout"]["rel_error"],
         "prediction": fit["prediction"],
@@ -161,19 +161,19 @@ def publish_ladder(artifact: Artifact) -> dict[str, Any]:
     }
 
 
-def stored_fit(ladder_artifact: Artifact) -> tuple[ScalingFit, Prediction, list[Point]]:
-    """The fit, prediction and points a ladder artifact recorded."""
-    stored = json.loads(ladder_artifact.file(FIT).read_text())
+def stored_fit(artifact: Artifact) -> tuple[ScalingFit, Prediction, list[Point]]:
+    """The fit, prediction and points a scaling artifact recorded."""
+    stored = json.loads(artifact.file(FIT).read_text())
     fit_values = dict(stored["fit"])
     logs = {name: float(np.log(fit_values.pop(key))) for name, key in (("a", "A"), ("b", "B"), ("e", "E"))}
     fit = ScalingFit(**logs, **fit_values)
     prediction = Prediction(**stored["prediction"])
-    points = [Point(**p) for p in json.loads(ladder_artifact.file(POINTS).read_text())]
+    points = [Point(**p) for p in json.loads(artifact.file(POINTS).read_text())]
     return fit, prediction, points
 
 
 @task(name="scaling-gate", cache_policy=NO_CACHE)
-def target_gate(ws: Workspace, ladder_artifact: Artifact, ladder: LadderConfig, actual_loss: float) -> dict[str, Any]:
+def target_gate(ws: Workspace, artifact: Artifact, scaling: ScalingConfig, actual_loss: float) -> dict[str, Any]:
     """Hold the target run to its prediction; the decision, reasons, plot and any override are recorded.
 
     Returns ``status`` (passed, failed or overridden), ``passed``, ``reasons``, ``rel_error``,
@@ -186,32 +186,32 @@ def target_gate(ws: Workspace, ladder_artifact: Artifact, ladder: LadderConfig, 
 
     from ladder.tracking import experiment_id
 
-    fit, prediction, points = stored_fit(ladder_artifact)
-    decision = gate(prediction, actual_loss, ladder.fit.gate_rel_tolerance)
-    overridden = not decision.passed and ladder.override_gate
+    fit, prediction, points = stored_fit(artifact)
+    decision = gate(prediction, actual_loss, scaling.fit.gate_rel_tolerance)
+    overridden = not decision.passed and scaling.override_gate
     status = "passed" if decision.passed else ("overridden" if overridden else "failed")
     result = {**decision.to_dict(), "status": status, "actual": actual_loss, "prediction": prediction.to_dict(),
-              "override_reason": ladder.override_reason if overridden else ""}
+              "override_reason": scaling.override_reason if overridden else ""}
     experiment_id(ws)
     client = MlflowClient()
-    run_id = ladder_artifact.file("mlflow_run_id").read_text()
+    run_id = artifact.file("mlflow_run_id").read_text()
     client.log_metric(run_id, "target_actual_loss", actual_loss)
     client.log_metric(run_id, "target_rel_error", decision.rel_error)
     client.set_tag(run_id, SCALING_GATE, status)
     client.set_tag(run_id, SCALING_GATE_REASONS, "; ".join(decision.reasons))
     if overridden:
-        client.set_tag(run_id, SCALING_OVERRIDE, ladder.override_reason)
+        client.set_tag(run_id, SCALING_OVERRIDE, scaling.override_reason)
     figure = plot_predicted_vs_actual(
         [p.n_params for p in points], [p.n_tokens for p in points], [p.loss for p in points], fit,
         target=prediction, actual=actual_loss,
     )
     with tempfile.TemporaryDirectory() as tmp:
         png = write_png(figure, Path(tmp) / "target_predicted_vs_actual.png")
-        client.log_artifact(run_id, str(png), artifact_path="ladder")
+        client.log_artifact(run_id, str(png), artifact_path=STAGE)
         create_markdown_artifact(
             key="scaling-gate",
             markdown=f"# Scaling-law gate: {status}\n\n" + "\n".join(f"- {r}" for r in decision.reasons)
-            + (f"\n- overridden: {ladder.override_reason}" if overridden else "") + "\n\n" + _png_markdown(png),
+            + (f"\n- overridden: {scaling.override_reason}" if overridden else "") + "\n\n" + _png_markdown(png),
             description="The target run against the ladder's prediction.",
         )
     return result

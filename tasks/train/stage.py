@@ -1,9 +1,9 @@
 """The training stage under the stage contract, with its MLflow run and Prefect report.
 
-The artifact ``pretrain/<version>/`` holds ``model/`` (HF format with the tokenizer),
+The artifact ``train/<version>/`` holds ``model/`` (HF format with the tokenizer),
 ``metrics.jsonl``, ``loss_curve.png``, ``ledger.json`` (every spike event), ``spikes/``
 (evidence per event) and ``result.json``. Checkpoints live outside it, in
-``.ladder/runs/pretrain/<version>/``: a run killed mid-way and started again with the same
+``.ladder/runs/train/<version>/``: a run killed mid-way and started again with the same
 version resumes from them, and a finished one leaves them for inspection.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from tasks.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-STAGE = "pretrain"
+STAGE = "train"
 # The shard reader takes the format from its writer in tasks.tokenizer.shards; numpy draws the
 # loader's shuffle order.
 CODE = Code(
@@ -44,7 +45,7 @@ COPIED = ("model", "metrics.jsonl", "loss_curve.png", "result.json", "spikes", "
 
 
 @dataclass(frozen=True)
-class PretrainInputs:
+class TrainInputs:
     """Where the training data and tokenizer are, and the versions that identify them."""
 
     train_shards: Path
@@ -63,7 +64,7 @@ def directory_version(path: Path) -> str:
 
 def resolve_inputs(
     ws: Workspace, shards_dir: str | None, tokenizer_dir: str | None, dataset_md5: str | None
-) -> PretrainInputs:
+) -> TrainInputs:
     """Shards from ``shards_dir`` (holding ``train/`` and ``validation/``) or the latest ``shards`` artifact."""
     versions: dict[str, str] = {}
     if shards_dir is None:
@@ -87,7 +88,14 @@ def resolve_inputs(
         versions["tokenizer"] = directory_version(Path(tokenizer_dir))
     if dataset_md5:
         versions["dataset"] = dataset_md5
-    return PretrainInputs(root / "train", root / "validation", Path(tokenizer_dir) if tokenizer_dir else None, versions)
+    return TrainInputs(root / "train", root / "validation", Path(tokenizer_dir) if tokenizer_dir else None, versions)
+
+
+# The scaling stage trains rungs in threads, and transformers' from_pretrained swaps class
+# attributes (PreTrainedModel.tie_weights, init_weights) in and out without a lock: two loads
+# at once can leave weight tying off for the rest of the process, so later models get an
+# untied lm_head. One load at a time.
+_LOADING = threading.Lock()
 
 
 def _log_outputs(out: Path) -> None:
@@ -106,7 +114,8 @@ def _log_outputs(out: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_dir = out / "model"
-        components: dict[str, Any] = {"model": AutoModelForCausalLM.from_pretrained(model_dir)}
+        with _LOADING:
+            components: dict[str, Any] = {"model": AutoModelForCausalLM.from_pretrained(model_dir)}
         if (model_dir / "tokenizer_config.json").exists():
             components["tokenizer"] = AutoTokenizer.from_pretrained(model_dir)
         # Explicit requirements: MLflow's inference adds torchvision for any torch model (and
@@ -142,8 +151,8 @@ def _tracked(ws: Workspace, cfg: TrainConfig, tags: dict[str, str], version: str
         log.warning("could not close the MLflow run (the stage artifact is complete): %s", err)
 
 
-def build_pretrain(
-    ws: Workspace, cfg: TrainConfig, inputs: PretrainInputs, run_dir: Path, out: Path, parent_run_id: str | None = None
+def build_training(
+    ws: Workspace, cfg: TrainConfig, inputs: TrainInputs, run_dir: Path, out: Path, parent_run_id: str | None = None
 ) -> StageOutput:
     """Train (resuming ``run_dir``) in child processes and copy the results into ``out``.
 
@@ -177,10 +186,10 @@ def build_pretrain(
 
 
 # The stage contract caches by version, so Prefect's own cache is off.
-@task(name="resolve-pretrain-inputs", cache_policy=NO_CACHE)
+@task(name="resolve-train-inputs", cache_policy=NO_CACHE)
 def resolve_inputs_task(
     ws: Workspace, shards_dir: str | None, tokenizer_dir: str | None, dataset_md5: str | None
-) -> PretrainInputs:
+) -> TrainInputs:
     """Prefect wrapper of ``resolve_inputs``."""
     return resolve_inputs(ws, shards_dir, tokenizer_dir, dataset_md5)
 
@@ -194,11 +203,11 @@ def _not_a_spike_report(task: Any, task_run: Any, state: Any) -> bool:
     return not (isinstance(error, TrainingFailed) and error.report is not None)
 
 
-@task(name="pretrain", cache_policy=NO_CACHE, retries=1, retry_condition_fn=_not_a_spike_report)
-def pretrain(
-    ws: Workspace, cfg: TrainConfig, inputs: PretrainInputs, parent_run_id: str | None = None
+@task(name="train", cache_policy=NO_CACHE, retries=1, retry_condition_fn=_not_a_spike_report)
+def train_model(
+    ws: Workspace, cfg: TrainConfig, inputs: TrainInputs, parent_run_id: str | None = None
 ) -> tuple[Artifact, bool]:
-    """The ``pretrain`` artifact for this config and these inputs: ``(artifact, cached)``.
+    """The ``train`` artifact for this config and these inputs: ``(artifact, cached)``.
 
     A retry after a crash resumes from the run's checkpoints. A spike report (retry budget
     exhausted) becomes a Prefect markdown artifact before the task fails with it. With
@@ -213,7 +222,7 @@ def pretrain(
     run_dir = ws.state / "runs" / STAGE / version
     try:
         return ws.store().run_stage(
-            STAGE, cfg, inputs.versions, lambda out: build_pretrain(ws, cfg, inputs, run_dir, out, parent_run_id), code=CODE
+            STAGE, cfg, inputs.versions, lambda out: build_training(ws, cfg, inputs, run_dir, out, parent_run_id), code=CODE
         )
     except TrainingFailed as err:
         if err.report is not None:
@@ -221,7 +230,7 @@ def pretrain(
         raise
 
 
-@task(name="publish-pretrain-report", cache_policy=NO_CACHE, retries=2)
+@task(name="publish-train-report", cache_policy=NO_CACHE, retries=2)
 def publish(artifact: Artifact, cached: bool) -> dict[str, Any]:
     """A Prefect markdown artifact of the run and its spike events; returns the flow's summary."""
     result = json.loads(artifact.file("result.json").read_text())
@@ -244,7 +253,7 @@ def _markdown_artifact(events: list[dict[str, Any]], result: dict[str, Any] | No
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(
-        key="pretrain-spike-events",
+        key="train-spike-events",
         markdown=spike_markdown(events, result, failure),
         description="Loss spikes the guard caught, what it rolled back and skipped, and the evidence.",
     )
@@ -252,7 +261,7 @@ def _markdown_artifact(events: list[dict[str, Any]], result: dict[str, Any] | No
 
 def spike_markdown(events: list[dict[str, Any]], result: dict[str, Any] | None = None, failure: str | None = None) -> str:
     """The report a data team reads: one section per event, with the skipped window's evidence."""
-    lines = ["# Pretraining: spike guard", ""]
+    lines = ["# Training: spike guard", ""]
     if result is not None:
         lines += [
             f"- final validation loss: **{result['final_val_loss']:.4f}** after {result['steps']} steps",

@@ -142,7 +142,7 @@ def test_the_uis_show_the_pipeline_deployment_its_runs_and_the_champion(servers,
             expect_text(
                 page,
                 f"{MLFLOW_UI}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning",
-                [EXPERIMENT, "data", "pretrain"],
+                [EXPERIMENT, "data", "train"],
                 "mlflow-experiment.png",
             )
             expect_registered_model_with_champion(page, model, champion)

@@ -22,11 +22,11 @@ SMALL_OVERRIDES = (
     "tokenizer.candidates=[bpe]",
     "tokenizer.vocab_sizes=[320]",
     "tokenizer.packing.seq_len=64",
-    "ladder.budget=0.25",
-    "ladder.evals_per_rung=4",
-    "ladder.fit.bootstrap_samples=10",
-    "ladder.override_gate=true",
-    "ladder.override_reason=small test ladder",
+    "scaling.budget=0.25",
+    "scaling.evals_per_rung=4",
+    "scaling.fit.bootstrap_samples=10",
+    "scaling.override_gate=true",
+    "scaling.override_reason=small test ladder",
     "train.max_tokens=100000",
     # fp32 is faster than bf16 autocast for models this small on CPU; and one thread: on 2 cores
     # shared with other processes, the target trained 50x slower with two.

@@ -1,7 +1,7 @@
 """The align flow end to end on a tiny corpus: SFT beats the base model, DPO's held-out reward margin is positive.
 
 Real components throughout: Prefect (test harness), MLflow (SQLite store), TRL's SFTTrainer
-and DPOTrainer, lm-eval for the pretraining evals, the evaluate flow for the registry. The
+and DPOTrainer, lm-eval for the pretraining evals, the evals flow for the registry. The
 base model is a tiny Llama pretrained here for a few seconds on the corpus's train split.
 """
 
@@ -22,7 +22,7 @@ from tests.tasks.align.align_corpus import one_thread, pretrain_base, train_toke
 
 pytestmark = pytest.mark.slow
 
-# Small enough for 2 shared cores; the suite and the gate's floors as the evaluate flow's own test sets them.
+# Small enough for 2 shared cores; the suite and the gate's floors as the evals flow's own test sets them.
 OVERRIDES = [
     "evals.registered_model=ladder-align-test",
     "evals.suite.items_per_task=16",

@@ -14,7 +14,7 @@ from flows.data import data_flow
 from ladder.workspace import Workspace
 from tasks.data.corpus import fetch_example_corpus
 from tasks.data.curate import DATA_FILES
-from tasks.data.quality import QualityGateError
+from tasks.data.quality import DATA_DOCS_INDEX, QUALITY_DIR, QualityGateError
 
 # Small texts keep the flow fast; allegro.txt and its copy under another name are a known duplicate pair.
 SUBSET = {
@@ -121,7 +121,13 @@ def test_two_runs_from_scratch_give_the_same_version(prefect_harness: None, work
 def test_a_batch_breaking_an_expectation_fails_the_flow(
     prefect_harness: None, workspace: Workspace, corpus: Path
 ) -> None:
-    with pytest.raises(QualityGateError, match=r"expect_column_sum_to_be_between.*data\.quality\.min_kept_documents"):
+    expected = r"expect_column_sum_to_be_between.*data\.quality\.min_kept_documents"
+    with pytest.raises(QualityGateError, match=expected) as err:
         data_flow(overrides=_overrides(corpus, "data.quality.min_kept_documents=100000"))
     assert not workspace.data_dvc.exists()
     assert not any((workspace.artifacts / "data").glob("*/manifest.json"))
+    # the failed build's report is kept in the workspace, where the message says
+    (kept,) = (workspace.state / "failed" / "data").iterdir()
+    assert str(kept / QUALITY_DIR / DATA_DOCS_INDEX) in str(err.value)
+    assert (kept / QUALITY_DIR / DATA_DOCS_INDEX).exists() and (kept / "gate.json").exists()
+    assert json.loads((kept / "gate.json").read_text())["counts"]["files"]["quarantined"] == {"binary": 1, "empty": 1}

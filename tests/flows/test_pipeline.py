@@ -29,7 +29,7 @@ from tests.tasks.align.align_corpus import one_thread
 
 pytestmark = pytest.mark.slow
 
-CACHED_STAGES = ("data", "tokenizer", "ladder", "pretrain")
+CACHED_STAGES = ("data", "tokenizer", "scaling", "train")
 
 
 @dataclass
@@ -92,7 +92,7 @@ def test_first_run_versions_the_data_gates_the_target_and_registers_a_champion(
     assert summary["base model gate"] == f"promoted: {model} v1 @champion"
     # The aligned model's evaluation runs inside the align stage, so it finishes first.
     assert [name for name, _ in first.stages.finished] == [
-        "data", "tokenizer", "ladder", "pretrain", "evaluate", "evaluate", "align"
+        "data", "tokenizer", "scaling", "train", "evals", "evals", "align"
     ]
     assert not any(first.stages.cached(stage) for stage in CACHED_STAGES)
 
@@ -105,11 +105,11 @@ def test_first_run_versions_the_data_gates_the_target_and_registers_a_champion(
     assert str(client.get_model_version_by_alias(model, registry.CHAMPION).version) in {"1", "2"}
 
     # The aligned model's lineage names every artifact from DPO down to the raw corpus, each with
-    # its config hash, code fingerprint, MLflow run and Prefect flow run, and the ladder and gate.
+    # its config hash, code fingerprint, MLflow run and Prefect flow run, and the scaling fit and gate.
     tree = lineage.load(client.get_model_version(model, "2").run_id)
     assert missing(tree) == []
     stages = {node["stage"] for node in nodes(tree) if "stage" in node}
-    assert {"dpo", "preferences", "sft", "instructions", "pretrain", "shards", "tokenizer", "data", "ladder", "eval_suite"} <= stages
+    assert {"dpo", "preferences", "sft", "instructions", "train", "shards", "tokenizer", "data", "scaling", "evals"} <= stages
     assert tree["inputs"]["scaling_gate"]["value"] == summary["scaling gate"].split()[0]
     raw = corpus_version(list_inputs(load(ProjectConfig, "tiny", overrides).data.input))
     assert {node["inputs"]["corpus"]["value"] for node in nodes(tree) if node.get("stage") == "data"} == {raw}
@@ -121,10 +121,10 @@ def test_unchanged_rerun_finds_every_training_stage_built(
     assert all(again.stages.cached(stage) for stage in CACHED_STAGES)
     assert again.summary["dataset version (DVC md5)"] == first.summary["dataset version (DVC md5)"]
     assert again.summary["target actual"] == first.summary["target actual"]
-    # Nothing trained or fitted twice: one ladder run, one training run per rung and one for the target.
-    rungs = len(load(ProjectConfig, "tiny", overrides).ladder.rungs)
-    assert len(_runs_of(module_workspace, "ladder")) == 1
-    assert len(_runs_of(module_workspace, "pretrain")) == rungs + 1
+    # Nothing trained or fitted twice: one scaling run, one training run per rung and one for the target.
+    rungs = len(load(ProjectConfig, "tiny", overrides).scaling.rungs)
+    assert len(_runs_of(module_workspace, "scaling")) == 1
+    assert len(_runs_of(module_workspace, "train")) == rungs + 1
     # Nor judged into the registry twice: the rerun reports the versions the first run registered.
     model = load(ProjectConfig, "tiny", overrides).evals.registered_model
     assert len(MlflowClient().search_model_versions(f"name = '{model}'")) == 2
@@ -143,9 +143,9 @@ def test_a_target_that_misses_its_prediction_stops_before_alignment(
     stages = StageLog()
     stopped = "stopped before alignment by the scaling-law gate: actual loss"
     with one_thread(), progress.showing(stages), pytest.raises(GateStopped, match=stopped):
-        pipeline_flow(profile="tiny", overrides=[*overrides, "ladder.override_gate=false", fault])
+        pipeline_flow(profile="tiny", overrides=[*overrides, "scaling.override_gate=false", fault])
     assert stages.cached("data") and stages.cached("tokenizer")
-    assert [name for name, _ in stages.finished] == ["data", "tokenizer", "ladder", "pretrain"]
+    assert [name for name, _ in stages.finished] == ["data", "tokenizer", "scaling", "train"]
     assert len(_runs_of(module_workspace, "align")) == aligned_before
-    # The refitted ladder's run records the decision (runs come newest first).
-    assert _runs_of(module_workspace, "ladder")[0].data.tags["ladder.gate.scaling"] == "failed"
+    # The refitted scaling run records the decision (runs come newest first).
+    assert _runs_of(module_workspace, "scaling")[0].data.tags["ladder.gate.scaling"] == "failed"

@@ -25,7 +25,7 @@ def test_prefect_yaml_is_what_prefect_deploy_reads():
     model = PrefectYamlModel.model_validate(yaml.safe_load(PREFECT_FILE.read_text()))
     names = [d.name for d in model.deployments]
     assert names == [
-        "ladder-pipeline", "ladder-data", "ladder-tokenizer", "ladder-pretrain", "ladder-ladder", "ladder-evaluate", "ladder-align"
+        "ladder-pipeline", "ladder-data", "ladder-tokenizer", "ladder-train", "ladder-scaling", "ladder-evals", "ladder-align"
     ]
     assert {d.work_pool.name for d in model.deployments} == {LOCAL_POOL}
     assert all(d.parameters["profile"] == "tiny" for d in model.deployments)
@@ -65,7 +65,7 @@ def k8s_job() -> dict:
     template = json.loads(K8S_TEMPLATE.read_text())
     jsonschema.Draft202012Validator.check_schema(template["variables"])
     values = variable_defaults(template) | {
-        "name": "pretrain-run", "env": {}, "labels": {}, "command": "prefect flow-run execute"
+        "name": "train-run", "env": {}, "labels": {}, "command": "prefect flow-run execute"
     }
     return apply_values(template["job_configuration"], values)["job_manifest"]
 
@@ -92,7 +92,7 @@ def test_k8s_node_script_writes_the_hostfile_and_runs_the_flow_on_node_0(k8s_job
     hostfile = tmp_path / "hostfile"
     env = {
         "PATH": "/usr/bin:/bin", "LADDER_NODES": "2x8", "NODE_RANK": "0",
-        "JOB_NAME": "pretrain-run-x7k2", "LADDER_DEEPSPEED_HOSTFILE": str(hostfile),
+        "JOB_NAME": "train-run-x7k2", "LADDER_DEEPSPEED_HOSTFILE": str(hostfile),
     }
     # The worker appends the flow run's command as the container's args; `echo` stands in for it.
     done = subprocess.run(
@@ -100,6 +100,6 @@ def test_k8s_node_script_writes_the_hostfile_and_runs_the_flow_on_node_0(k8s_job
     )
     assert done.stdout == "flow run\n"
     assert hostfile.read_text().splitlines() == [
-        "pretrain-run-x7k2-0.ladder-train slots=8",
-        "pretrain-run-x7k2-1.ladder-train slots=8",
+        "train-run-x7k2-0.ladder-train slots=8",
+        "train-run-x7k2-1.ladder-train slots=8",
     ]

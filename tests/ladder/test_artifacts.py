@@ -4,7 +4,7 @@ import multiprocessing as mp
 import pickle
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,14 +96,6 @@ def test_tampered_artifact_fails_verification(tmp_path):
     (art.path / "f").write_text("2")
     with pytest.raises(ValueError, match="does not match its manifest"):
         store.lookup("s", art.version, verify=True)
-
-
-@pytest.fixture
-def fresh_fingerprints() -> Iterator[None]:
-    """Fingerprints a test computes over edited sources or patched library versions are forgotten after it."""
-    code_fingerprint.cache_clear()
-    yield
-    code_fingerprint.cache_clear()
 
 
 def _writes(name: str, calls: Counter) -> Callable[[Path], StageOutput]:
@@ -259,36 +251,3 @@ def test_ladder_verify_names_each_differing_file_and_exits_1(workspace: Workspac
 
     unknown = CliRunner().invoke(app, ["verify", "nope"])
     assert unknown.exit_code == 1 and "no artifacts of stage 'nope'" in unknown.output
-
-
-def test_upgrading_tokenizers_rebuilds_the_tokenizer_stage_and_not_the_data_stage(
-    tmp_path, monkeypatch, fresh_fingerprints
-):
-    from tasks.data.curate import CODE as DATA_CODE
-    from tasks.data.document import SPLITS, Document, split_dir
-    from tasks.tokenizer.config import TokenizerTrainingConfig
-    from tasks.tokenizer.stage import TOKENIZER_CODE, build_tokenizer
-
-    data_dir = tmp_path / "data"
-    words = "the king queen night day love sword crown thou hath doth speak fair foul".split()
-    for split in SPLITS:
-        split_dir(data_dir, split).mkdir(parents=True)
-        docs = [Document(f"{split}/{i}#0", "verse", " ".join(words[i % 7:] + words[: i % 7]) * 8) for i in range(12)]
-        (split_dir(data_dir, split) / "part-00000.jsonl").write_text("".join(d.to_json() + "\n" for d in docs))
-    cfg = TokenizerTrainingConfig(candidates=["bpe"], vocab_sizes=[300])
-    store, calls = ArtifactStore(tmp_path / "artifacts"), Counter()
-
-    def tokenizer(out: Path) -> StageOutput:
-        calls["tokenizer"] += 1
-        return build_tokenizer(data_dir, cfg, out)
-
-    def run() -> tuple[bool, bool]:
-        data, data_cached = store.run_stage("data", Cfg(), {"corpus": "tiny"}, _writes("data", calls), code=DATA_CODE)
-        _, tok_cached = store.run_stage("tokenizer", cfg, {"dataset": data.version}, tokenizer, code=TOKENIZER_CODE)
-        return data_cached, tok_cached
-
-    assert run() == (False, False) and run() == (True, True)
-    real = importlib.metadata.version
-    monkeypatch.setattr(importlib.metadata, "version", lambda name: "99.0" if name == "tokenizers" else real(name))
-    code_fingerprint.cache_clear()
-    assert run() == (True, False) and calls == {"data": 1, "tokenizer": 2}

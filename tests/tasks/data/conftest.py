@@ -1,17 +1,23 @@
-"""Fixtures of the data stage's tests: the example corpus (from the install-time cache) and a bad-input corpus."""
+"""Fixtures of the data stage's tests: the example corpus (from the install-time cache), bad and hostile input."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
-from dataclasses import dataclass
+import socket
+import stat
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.data.config import InputConfig
 from tasks.data.corpus import fetch_example_corpus
 
 
@@ -61,6 +67,7 @@ class BadCorpus:
     bad_files: dict[str, str]  # file -> quarantine reason
     bad_records: dict[str, str]  # record id -> quarantine reason
     good_records: list[str]
+    config: InputConfig = field(default_factory=InputConfig)  # what to read it with
 
 
 @pytest.fixture
@@ -108,3 +115,60 @@ def bad_corpus(tmp_path: Path, example_root: Path) -> BadCorpus:
         (root / "locked.txt").chmod(0)
         bad_files["locked.txt"] = "unreadable"
     return BadCorpus(root, bad_files, dict(BAD_RECORDS), list(GOOD_RECORDS))
+
+
+HOSTILE_MAX_FILE_BYTES = 60 * 2**20
+DEEP_TREE_DEPTH = 1200  # past Python's recursion limit (1000), within PATH_MAX (4096 bytes) under tmp_path
+
+
+@pytest.fixture
+def hostile_corpus(bad_corpus: BadCorpus, example_root: Path) -> Iterator[BadCorpus]:
+    """``bad_corpus`` plus entries that could hang, exhaust or escape a reader: a FIFO (and a symlink to it), a
+    socket, a character device where the test may make one, a gzip bomb, symlinks out of the directory and in
+    a loop, and a tree deeper than the recursion limit.
+
+    Its ``config`` bounds files at ``HOSTILE_MAX_FILE_BYTES``: above huge_line.txt's 50 MiB, below what the
+    bomb inflates to.
+    """
+    root = bad_corpus.root
+    os.mkfifo(root / "pipe.txt")  # opened for reading, it waits for a writer forever
+    (root / "pipe_link.jsonl").symlink_to(root / "pipe.txt")
+    with contextlib.chdir(root), socket.socket(socket.AF_UNIX) as server:
+        server.bind("socket.jsonl")  # relative: an AF_UNIX path is limited to 108 bytes
+    (root / "passwd.txt").symlink_to("/etc/passwd")
+    (root / "loop_a.txt").symlink_to(root / "loop_b.txt")
+    (root / "loop_b.txt").symlink_to(root / "loop_a.txt")
+    # about 240 KiB that inflate to more than HOSTILE_MAX_FILE_BYTES of valid JSONL
+    line = (json.dumps({"text": "All work and no play makes Jack a dull boy. " * 20}) + "\n").encode()
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
+    block = line * (2**20 // len(line))
+    chunks = [deflate.compress(block) for _ in range(HOSTILE_MAX_FILE_BYTES // len(block) + 2)]
+    (root / "bomb.jsonl.gz").write_bytes(b"".join(chunks) + deflate.flush())
+    deep = root / "deep"
+    deep.mkdir()
+    for _ in range(DEEP_TREE_DEPTH):  # one level at a time: Path.mkdir(parents=True) recurses per level
+        deep = deep / "d"
+        deep.mkdir()
+    (deep / "leaf.txt").write_text(_excerpt(example_root, "twelfth_night_gut.txt", 4000, 3000), encoding="utf-8")
+    bad_files = {
+        **bad_corpus.bad_files,
+        "pipe.txt": "not_regular_file",
+        "pipe_link.jsonl": "not_regular_file",
+        "socket.jsonl": "not_regular_file",
+        "passwd.txt": "symlink_outside_input",
+        "loop_a.txt": "unreadable",
+        "loop_b.txt": "unreadable",
+        "bomb.jsonl.gz": "file_too_large",
+    }
+    try:  # /dev/zero's device number: read as a file, it never ends
+        os.mknod(root / "zero.txt", stat.S_IFCHR | 0o644, os.makedev(1, 5))
+        bad_files["zero.txt"] = "not_regular_file"
+    except PermissionError:  # making a device needs CAP_MKNOD
+        pass
+    good = [*bad_corpus.good_records, (deep / "leaf.txt").relative_to(root).as_posix()]
+    yield BadCorpus(root, bad_files, bad_corpus.bad_records, good, InputConfig(max_file_bytes=HOSTILE_MAX_FILE_BYTES))
+    # shutil.rmtree recurses once per level in Python 3.11, so pytest could not remove the tree
+    (deep / "leaf.txt").unlink()
+    while deep != root:
+        deep.rmdir()
+        deep = deep.parent

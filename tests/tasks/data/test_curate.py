@@ -1,17 +1,20 @@
-"""The whole stage on the full example corpus, with the plain functions (no Prefect, MLflow or DVC)."""
+"""The whole stage with the plain functions (no Prefect, MLflow or DVC): the example corpus, and a failed gate."""
 
 import hashlib
 import json
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ladder.workspace import Workspace
 from tasks.data.config import DataConfig
-from tasks.data.corpus import example_inputs
-from tasks.data.curate import build_dataset
+from tasks.data.corpus import discover_files, example_inputs
+from tasks.data.curate import build_dataset, curate
 from tasks.data.document import SPLITS, iter_split
+from tasks.data.quality import DATA_DOCS_INDEX, QUALITY_DIR, QualityGateError
 from tasks.data.split import record_id
 from tasks.evals.contamination import build_index, overlaps
 
@@ -91,3 +94,25 @@ def test_held_out_documents_share_almost_no_13_gram_with_train(built: dict[str, 
     held_out = [d for split in ("validation", "test") for d in iter_split(built["out"], split)]
     dirty = [d.id for d, hits in zip(held_out, overlaps(index, [d.text for d in held_out])) if hits]
     assert len(dirty) <= 0.02 * len(held_out), dirty
+
+
+def test_a_failed_quality_gate_keeps_its_report_where_the_error_says(bad_corpus, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    cfg = DataConfig.model_validate({"quality": {"min_kept_documents": 100_000}})
+    with pytest.raises(QualityGateError, match=r"data\.quality\.min_kept_documents") as err:
+        curate.fn(ws, cfg, discover_files(bad_corpus.root), corpus="test")
+
+    named = re.search(r"Data Docs: (\S+\.html)", str(err.value))
+    assert named and "<html" in Path(named.group(1)).read_text().lower()  # the report outlives the build
+    kept = err.value.report
+    assert kept.parent == ws.state / "failed" / "data" and Path(named.group(1)) == kept / QUALITY_DIR / DATA_DOCS_INDEX
+    report = json.loads((kept / "gate.json").read_text())
+    assert "expect_column_sum_to_be_between" in report["failures"][0]
+    docs = report["counts"]["documents"]
+    assert docs["total"] == docs["passed_rules"] + sum(docs["quarantined"].values())
+    quarantine = [json.loads(line) for line in (kept / "quarantine.jsonl").read_text().splitlines()]
+    assert Counter(q["reason"] for q in quarantine) == docs["quarantined"]
+    assert {*bad_corpus.bad_files.values(), *bad_corpus.bad_records.values()} <= docs["quarantined"].keys()
+    assert report["counts"]["files"]["total"] == len(discover_files(bad_corpus.root))
+    # no artifact, and no build directory left behind
+    assert [p.name for p in (ws.artifacts / "data").iterdir() if not p.name.endswith(".lock")] == []

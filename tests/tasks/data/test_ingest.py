@@ -2,8 +2,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tasks.data.config import DataConfig, InputConfig
-from tasks.data.corpus import discover_files
+from tasks.data.corpus import corpus_version, discover_files
 from tasks.data.curate import build_dataset
 from tasks.data.document import SPLITS, iter_split
 from tasks.data.ingest import ingest
@@ -51,3 +53,21 @@ def test_accounting_identity_holds_through_the_whole_stage(bad_corpus, tmp_path:
     assert copies and all(q["reason"] == "exact_duplicate" for q in copies)
     assert all(q["duplicate_of"].startswith("inside_link.txt#") for q in copies)
     assert counts["files"]["total"] == counts["files"]["read"] + sum(counts["files"]["quarantined"].values())
+
+
+@pytest.mark.timeout(60)  # a FIFO made the corpus hash and ingest wait forever for a writer
+def test_hostile_input_never_hangs_or_escapes_and_every_entry_is_accounted_for(hostile_corpus) -> None:
+    files = discover_files(hostile_corpus.root)
+    version = corpus_version.fn(files)
+    result = ingest(files, hostile_corpus.config)
+
+    reasons = {q.id: q.reason for q in result.quarantined}
+    assert reasons == {**hostile_corpus.bad_files, **hostile_corpus.bad_records}
+    assert sorted(r.id for r in result.records) == sorted(hostile_corpus.good_records)
+    assert result.files["total"] == len(files) == result.files["read"] + sum(result.files["quarantined"].values())
+    assert result.files["quarantined"] == dict(sorted(Counter(hostile_corpus.bad_files.values()).items()))
+    assert "decompressed" in next(q.detail for q in result.quarantined if q.id == "bomb.jsonl.gz")
+    assert not any("root:" in r.text for r in result.records)  # /etc/passwd was not read
+    for q in result.quarantined:
+        assert q.detail and str(hostile_corpus.root.parent) not in q.detail
+    assert corpus_version.fn(discover_files(hostile_corpus.root)) == version

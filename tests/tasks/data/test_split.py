@@ -1,11 +1,12 @@
 import random
+from collections import Counter, defaultdict
 
 import pytest
 
 from tasks.data.config import MixtureConfig, SplitConfig
 from tasks.data.document import SPLITS, Document
 from tasks.data.minhash import jaccard
-from tasks.data.split import assign_split, record_id, split_and_mix
+from tasks.data.split import assign_groups, assign_split, record_id, split_and_mix, unit_hash
 
 WORDS_PER_WORK = 2000
 WORDS_PER_DOC = 200
@@ -143,3 +144,62 @@ def test_mixture_weights_copy_and_sample_training_documents() -> None:
 def test_a_weight_for_an_unknown_source_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"\['typo'\].*\['a'\]"):
         split_and_mix(_docs(3), SplitConfig(), MixtureConfig(weights={"typo": 2}))
+
+
+def _reference_assign_groups(docs: list[Document], group_of: dict[str, str], cfg: SplitConfig) -> dict[str, str]:
+    """The split by work as first written: a scan of every pending work per step, quadratic, plainly right."""
+    sizes: dict[str, Counter[str]] = defaultdict(Counter)
+    for doc in docs:
+        sizes[doc.source][group_of[doc.id]] += 1
+    split_of: dict[str, str] = {}
+    for source in sorted(sizes):
+        here = sizes[source]
+        ordered = sorted(here, key=lambda g: (unit_hash(cfg.salt, "split", g), g))
+        held: Counter[str] = Counter()
+        for group in ordered:
+            if group in split_of:
+                held[split_of[group]] += here[group]
+        pending = [g for g in ordered if g not in split_of]
+        total = sum(here.values())
+        if len(ordered) >= 3:
+            for split, fraction in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
+                while len(pending) > 1 and held[split] < fraction * total:
+                    fitting = [g for g in pending if held[split] + here[g] <= 2 * fraction * total]
+                    if not fitting and held[split]:
+                        break
+                    group = fitting[0] if fitting else min(pending, key=lambda g: here[g])
+                    pending.remove(group)
+                    split_of[group] = split
+                    held[split] += here[group]
+        split_of.update(dict.fromkeys(pending, "train"))
+    return split_of
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_split_by_work_matches_the_plain_quadratic_reference(seed: int) -> None:
+    """A few hundred records in works of skewed sizes, some spanning sources: the same assignment."""
+    rng = random.Random(seed)
+    sources = [f"s{k}" for k in range(rng.randint(1, 4))]
+    works = [f"w{k}" for k in range(rng.choice([3, 4, 8, 30, 150]))]
+    docs, group_of = [], {}
+    for i in range(rng.randint(200, 400)):
+        # a few works hold many records, so some are too large to fit a split and are passed over
+        work = works[min(int(rng.paretovariate(1.0)) - 1, len(works) - 1)] if rng.random() < 0.3 else rng.choice(works)
+        doc = Document(f"r{i}#0", rng.choice(sources), "x")
+        docs.append(doc)
+        group_of[doc.id] = work
+    cfg = SplitConfig(
+        validation_fraction=rng.choice([0.0, 0.02, 0.1, 0.3]), test_fraction=rng.choice([0.0, 0.05, 0.2, 0.4]),
+        salt=str(seed),
+    )
+    assert assign_groups(docs, group_of, cfg) == _reference_assign_groups(docs, group_of, cfg)
+
+
+@pytest.mark.timeout(60)  # the quadratic split took minutes on these 100k records
+def test_a_hundred_thousand_tiny_records_go_through_the_split() -> None:
+    docs = [Document(f"a/r{i}.txt#0", "a", f"tiny record number {i}") for i in range(100_000)]
+    cfg = SplitConfig(validation_fraction=0.1, test_fraction=0.1)
+    result = split_and_mix(docs, cfg, MixtureConfig())
+    assert sum(map(len, result.splits.values())) == len(docs)
+    for name in ("validation", "test"):
+        assert 0.1 * len(docs) <= len(result.splits[name]) <= 0.2 * len(docs)

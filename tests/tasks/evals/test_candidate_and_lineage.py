@@ -1,4 +1,4 @@
-"""Which model the evaluate stage picks by default, and the lineage it walks from the manifests."""
+"""Which model the evals stage picks by default, and the lineage it walks from the manifests."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from tasks.data.curate import DATA_FILES
 from tasks.data.dataset import dvc_dir_md5
 from tasks.data.version import STAMPS
 from tasks.evals import lineage
-from tasks.evals.stage import PRETRAIN_MODEL_DIR, PRETRAIN_STAGE, resolve_candidate
-from tasks.train.stage import CODE as PRETRAIN_CODE
+from tasks.evals.stage import TRAIN_MODEL_DIR, TRAIN_STAGE, resolve_candidate
+from tasks.train.stage import CODE as TRAIN_CODE
 
 MD5 = "0123456789abcdef0123456789abcdef.dir"
 
@@ -30,28 +30,28 @@ class Stub(Section):
     name: str = "stub"
 
 
-def _pretrain_artifact(ws: Workspace, seed: int) -> Path:
+def _train_artifact(ws: Workspace, seed: int) -> Path:
     def build(out: Path) -> StageOutput:
-        (out / PRETRAIN_MODEL_DIR).mkdir()
-        (out / PRETRAIN_MODEL_DIR / "config.json").write_text("{}")
+        (out / TRAIN_MODEL_DIR).mkdir()
+        (out / TRAIN_MODEL_DIR / "config.json").write_text("{}")
         return StageOutput()
 
-    artifact, _ = ws.store().run_stage(PRETRAIN_STAGE, Stub(name=f"s{seed}"), {"dataset": MD5}, build, code=PRETRAIN_CODE)
+    artifact, _ = ws.store().run_stage(TRAIN_STAGE, Stub(name=f"s{seed}"), {"dataset": MD5}, build, code=TRAIN_CODE)
     return artifact.path
 
 
-def test_default_candidate_is_the_latest_pretrained_model_with_its_training_run(mlflow_store: Path) -> None:
+def test_default_candidate_is_the_latest_trained_model_with_its_training_run(mlflow_store: Path) -> None:
     ws = Workspace(mlflow_store)
-    with pytest.raises(ValueError, match="ladder pretrain"):
+    with pytest.raises(ValueError, match="ladder train"):
         resolve_candidate.fn(ws, None, None)
-    _pretrain_artifact(ws, 0)
-    latest = _pretrain_artifact(ws, 1)
-    with stage_run(ws, PRETRAIN_STAGE, Stub(), produces=[(PRETRAIN_STAGE, latest.name)]) as run:
+    _train_artifact(ws, 0)
+    latest = _train_artifact(ws, 1)
+    with stage_run(ws, TRAIN_STAGE, Stub(), produces=[(TRAIN_STAGE, latest.name)]) as run:
         pass
     candidate = resolve_candidate.fn(ws, None, None)
-    assert candidate.model_dir == latest / PRETRAIN_MODEL_DIR
+    assert candidate.model_dir == latest / TRAIN_MODEL_DIR
     assert candidate.training_run_id == run.info.run_id
-    assert resolve_candidate.fn(ws, str(latest / PRETRAIN_MODEL_DIR), "given").training_run_id == "given"
+    assert resolve_candidate.fn(ws, str(latest / TRAIN_MODEL_DIR), "given").training_run_id == "given"
     with pytest.raises(ValueError, match="does not exist"):
         resolve_candidate.fn(ws, str(mlflow_store / "nowhere"), None)
 
@@ -63,7 +63,7 @@ def _stage(ws: Workspace, stage: str, name: str, inputs: dict[str, str], files: 
             (out / rel).write_text(text)
         return StageOutput()
 
-    return ws.store().run_stage(stage, Stub(name=name), inputs, build, code=PRETRAIN_CODE)[0]
+    return ws.store().run_stage(stage, Stub(name=name), inputs, build, code=TRAIN_CODE)[0]
 
 
 def test_lineage_walks_the_manifests_to_the_raw_corpus_with_each_artifacts_own_run(mlflow_store: Path) -> None:
@@ -77,12 +77,12 @@ def test_lineage_walks_the_manifests_to_the_raw_corpus_with_each_artifacts_own_r
     (ws.artifacts / "data" / STAMPS).write_text(json.dumps({data.version: md5}))
     tokenizer = _stage(ws, "tokenizer", "t", {"dataset": md5}, {"tokenizer.json": "{}"})
     shards = _stage(ws, "shards", "s", {"dataset": md5, "tokenizer": tokenizer.version}, {"index.json": "{}"})
-    model = _stage(ws, PRETRAIN_STAGE, "p", {"dataset": md5, "shards": shards.version, "tokenizer": tokenizer.version},
-                   {f"{PRETRAIN_MODEL_DIR}/config.json": "{}"})
-    suite = _stage(ws, "eval_suite", "e", {"dataset": md5}, {"suite.json": "{}"})
-    ladder = _stage(ws, "ladder", "l", {"shards": shards.version}, {"fit.json": "{}"})
+    model = _stage(ws, TRAIN_STAGE, "p", {"dataset": md5, "shards": shards.version, "tokenizer": tokenizer.version},
+                   {f"{TRAIN_MODEL_DIR}/config.json": "{}"})
+    suite = _stage(ws, "evals", "e", {"dataset": md5}, {"suite.json": "{}"})
+    fit = _stage(ws, "scaling", "l", {"shards": shards.version}, {"fit.json": "{}"})
     runs = {}
-    for artifact, produces in ((data, []), (tokenizer, [shards]), (model, []), (suite, []), (ladder, [])):
+    for artifact, produces in ((data, []), (tokenizer, [shards]), (model, []), (suite, []), (fit, [])):
         with stage_run(ws, artifact.stage, Stub(), artifact, produces=[(a.stage, a.version) for a in produces]) as run:
             runs[artifact.stage] = run.info.run_id
     # A later tokenizer run for the same dataset but another config: the old search by md5 picked it.
@@ -91,23 +91,24 @@ def test_lineage_walks_the_manifests_to_the_raw_corpus_with_each_artifacts_own_r
         pass
 
     scaling = {"status": "overridden", "reasons": ["outside the interval"], "override_reason": "known warmup bug"}
-    tree = lineage.collect(ws, model.path / PRETRAIN_MODEL_DIR, None, "eval-run", suite, scaling, {"ladder": ladder.version})
+    tree = lineage.collect(ws, model.path / TRAIN_MODEL_DIR, None, "eval-run", suite, scaling, {"scaling": fit.version})
 
     trained = tree["inputs"]["model"]
-    assert (trained["stage"], trained["version"], trained["mlflow_run"]) == (PRETRAIN_STAGE, model.version, runs[PRETRAIN_STAGE])
+    assert (trained["stage"], trained["version"], trained["mlflow_run"]) == (TRAIN_STAGE, model.version, runs[TRAIN_STAGE])
     assert trained["inputs"]["tokenizer"]["mlflow_run"] == runs["tokenizer"]
     assert trained["inputs"]["shards"]["mlflow_run"] == runs["tokenizer"]  # the tokenizer run packed them
     dataset = trained["inputs"]["dataset"]
     assert (dataset["value"], dataset["dvc_remote"]) == (md5, str(ws.dvc_remote))
     assert dataset["inputs"]["data"]["mlflow_run"] == runs["data"]
     assert dataset["inputs"]["data"]["inputs"]["corpus"] == {"value": "raw-corpus-hash"}
-    assert tree["inputs"]["ladder"]["mlflow_run"] == runs["ladder"]
+    assert tree["inputs"]["scaling"]["mlflow_run"] == runs["scaling"]
     assert tree["inputs"]["scaling_gate"]["value"] == "overridden"
-    assert all(node["code"] == code_fingerprint(PRETRAIN_CODE) for node in nodes(tree) if "stage" in node)
+    assert all(node["code"] == code_fingerprint(TRAIN_CODE) for node in nodes(tree) if "stage" in node)
     # Outside a Prefect flow run only the flow-run links are empty.
     assert {gap.rsplit(": ", 1)[1] for gap in missing(tree)} == {"prefect_flow_run"}
     tags = lineage.to_tags(tree)
     assert tags["ladder.lineage.dataset_md5"] == md5 and tags["ladder.lineage.corpus"] == "raw-corpus-hash"
-    assert tags["ladder.lineage.training_runs"] == runs[PRETRAIN_STAGE]
+    assert tags["ladder.lineage.training_runs"] == runs[TRAIN_STAGE]
+    assert tags["ladder.lineage.scaling"] == fit.version
     assert tags["ladder.lineage.scaling_gate"] == "overridden"
     assert any(line.strip().startswith(f"tokenizer: tokenizer {tokenizer.version}") for line in render(tree))

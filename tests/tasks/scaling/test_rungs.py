@@ -11,8 +11,8 @@ import pytest
 from ladder.artifacts import StageOutput
 from ladder.config import build
 from ladder.tracking import stage_run
-from tasks.scaling.ladder import LadderConfig, Point, rung_config, rung_points
-from tasks.scaling.stage import CODE, LadderStageConfig, build_ladder, stored_fit, target_gate
+from tasks.scaling.ladder import Point, ScalingConfig, rung_config, rung_points
+from tasks.scaling.stage import CODE, STAGE, ScalingStageConfig, build_scaling, stored_fit, target_gate
 from tasks.train.config import TrainConfig
 
 
@@ -22,20 +22,20 @@ from tasks.train.config import TrainConfig
 )
 def test_ladder_shape_is_checked(rungs, message):
     with pytest.raises(ValueError, match=message):
-        build(LadderConfig, {"rungs": rungs})
+        build(ScalingConfig, {"rungs": rungs})
 
 
 def test_an_override_needs_a_reason():
     with pytest.raises(ValueError, match="override_reason"):
-        build(LadderConfig, {"override_gate": True})
+        build(ScalingConfig, {"override_gate": True})
 
 
 def test_a_rung_is_the_target_config_resized_and_evaluated_along_the_way():
-    ladder = LadderConfig(evals_per_rung=5)
+    scaling = ScalingConfig(evals_per_rung=5)
     train = TrainConfig(global_batch_size=8, micro_batch_size=8)
-    rung = rung_config(ladder, train, 2e4, seq_len=100)
+    rung = rung_config(scaling, train, 2e4, seq_len=100)
     assert rung.target_params == 2e4
-    assert rung.max_tokens == int(ladder.budget * 20 * 2e4)
+    assert rung.max_tokens == int(scaling.budget * 20 * 2e4)
     steps = rung.total_steps(100)
     assert steps == -(-rung.max_tokens // 800)
     assert rung.eval.every_steps == steps // 5 and rung.faults == []
@@ -65,25 +65,25 @@ def _law_points() -> list[Point]:
 
 
 def test_target_gate_fails_a_run_that_misses_its_prediction(workspace, prefect_harness):
-    cfg = LadderStageConfig(ladder=LadderConfig(), train=TrainConfig())
+    cfg = ScalingStageConfig(scaling=ScalingConfig(), train=TrainConfig())
     store = workspace.store()
 
     def build_it(out: Path) -> StageOutput:
-        with stage_run(workspace, "ladder", cfg) as run:
-            output = build_ladder(out, cfg, _law_points(), (3.2e8, 4e9))
+        with stage_run(workspace, STAGE, cfg) as run:
+            output = build_scaling(out, cfg, _law_points(), (3.2e8, 4e9))
             (out / "mlflow_run_id").write_text(run.info.run_id)
         return output
 
-    artifact, _ = store.run_stage("ladder", cfg, {"shards": "synthetic"}, build_it, code=CODE)
+    artifact, _ = store.run_stage(STAGE, cfg, {"shards": "synthetic"}, build_it, code=CODE)
     assert abs(artifact.metrics["holdout_rel_error"]) < 0.01
     _, prediction, _ = stored_fit(artifact)
     assert prediction.low <= 1.7 + 400 / 3.2e8**0.34 + 410 / 4e9**0.28 <= prediction.high
 
-    on_target = target_gate.fn(workspace, artifact, cfg.ladder, prediction.loss)
-    missed = target_gate.fn(workspace, artifact, cfg.ladder, prediction.loss * 1.2)
+    on_target = target_gate.fn(workspace, artifact, cfg.scaling, prediction.loss)
+    missed = target_gate.fn(workspace, artifact, cfg.scaling, prediction.loss * 1.2)
     assert on_target["status"] == "passed"
     assert missed["status"] == "failed" and "beyond the tolerance" in missed["reasons"][1]
-    forgiven = LadderConfig(override_gate=True, override_reason="known tokenizer change")
+    forgiven = ScalingConfig(override_gate=True, override_reason="known tokenizer change")
     overridden = target_gate.fn(workspace, artifact, forgiven, prediction.loss * 1.2)
     assert overridden["status"] == "overridden" and overridden["override_reason"] == "known tokenizer change"
 

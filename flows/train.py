@@ -1,4 +1,4 @@
-"""The pretraining flow: packed shards -> trained model, resumable, with automatic spike rollback."""
+"""The train flow: packed shards -> trained model, resumable, with automatic spike rollback."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from app.project import ProjectConfig
 from ladder import progress
 from ladder.config import load
 from ladder.workspace import Workspace
-from tasks.train.stage import pretrain, publish, resolve_inputs_task
+from tasks.train.stage import publish, resolve_inputs_task, train_model
 
 
-@flow(name="pretrain")
-def pretrain_flow(
+@flow(name="train")
+def train_flow(
     profile: str = "tiny",
     overrides: list[str] | None = None,
     shards_dir: str | None = None,
@@ -28,12 +28,12 @@ def pretrain_flow(
     Returns ``model_dir``, ``final_val_loss``, ``steps``, ``spike_events`` (how many
     rollbacks), ``mlflow_run_id``, ``cached``, ``tokens_per_s``, ``mfu`` and ``artifact_version``.
     """
-    progress.start("pretrain")
+    progress.start("train")
     ws = Workspace.from_env()
     cfg = load(ProjectConfig, profile, overrides or []).train
     inputs = resolve_inputs_task(ws, shards_dir, tokenizer_dir, dataset_md5)
-    artifact, cached = pretrain(ws, cfg, inputs)
+    artifact, cached = train_model(ws, cfg, inputs)
     summary = publish(artifact, cached)
     shown = {key: summary[key] for key in ("final_val_loss", "steps", "spike_events", "cached")}
-    progress.finish("pretrain", shown)
+    progress.finish("train", shown)
     return summary

@@ -1,4 +1,4 @@
-"""The ladder flow end to end on synthetic packed shards: rungs as child runs, fit, prediction, cache.
+"""The scaling flow end to end on synthetic packed shards: rungs as child runs, fit, prediction, cache.
 
 Real components throughout: Prefect (test harness), MLflow (SQLite store), training processes
 (two rungs side by side), the scaling-law fit.
@@ -16,10 +16,10 @@ from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.ladder import ladder_flow
+from flows.scaling import scaling_flow
 from ladder.tracking import experiment_id
 from ladder.workspace import Workspace
-from tasks.scaling.stage import POINTS
+from tasks.scaling.stage import POINTS, STAGE
 from tests.tasks.train.train_fixtures import write_shards, write_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -28,9 +28,9 @@ MD5 = "0123456789abcdef0123456789abcdef.dir"
 # The profile's four rungs (1e4 to 8e4 non-embedding parameters) on a tenth of their Chinchilla
 # budgets, 8 sequences of 32 tokens a step: 79 to 625 steps a rung.
 OVERRIDES = [
-    "ladder.budget=0.1",
-    "ladder.evals_per_rung=4",
-    "ladder.fit.bootstrap_samples=10",
+    "scaling.budget=0.1",
+    "scaling.evals_per_rung=4",
+    "scaling.fit.bootstrap_samples=10",
     "train.global_batch_size=8",
     "train.micro_batch_size=8",
     "train.precision=fp32",
@@ -48,7 +48,7 @@ def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
     shards = write_shards(tmp_path / "shards")
     tokenizer_dir = write_tokenizer(tmp_path / "tokenizer")
     kwargs = {"overrides": OVERRIDES, "shards_dir": str(shards), "tokenizer_dir": str(tokenizer_dir), "dataset_md5": MD5}
-    first = ladder_flow(**kwargs)
+    first = scaling_flow(**kwargs)
 
     assert not first["cached"]
     assert set(first["fit"]) == {"E", "A", "B", "alpha", "beta"}
@@ -59,29 +59,29 @@ def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
     assert [row["flops"] for row in first["compute_optimal"]] == [1e15, 1e17, 1e19]
 
     # The artifact's points: several evaluations of each of the four rungs, smallest model first.
-    artifact = workspace.store().lookup("ladder", first["ladder_version"])
+    artifact = workspace.store().lookup(STAGE, first["scaling_version"])
     points = json.loads(artifact.file(POINTS).read_text())
     per_rung = Counter(p["rung"] for p in points)
     assert sorted(per_rung) == [0, 1, 2, 3] and min(per_rung.values()) >= 3
     sizes = [max(p["n_params"] for p in points if p["rung"] == rung) for rung in sorted(per_rung)]
     assert sizes == sorted(sizes) and sizes[-1] / sizes[0] >= 7
 
-    # MLflow: each rung's training run hangs under the ladder's run, which holds the fit.
-    (ladder_run,) = _runs(workspace, "ladder")
-    assert ladder_run.info.run_id == first["mlflow_run_id"]
-    assert ladder_run.data.tags["ladder.data.md5"] == MD5
-    assert ladder_run.data.metrics["predicted_loss"] == pytest.approx(prediction["loss"])
-    rungs = _runs(workspace, "pretrain")
+    # MLflow: each rung's training run hangs under the scaling run, which holds the fit.
+    (scaling_run,) = _runs(workspace, "scaling")
+    assert scaling_run.info.run_id == first["mlflow_run_id"]
+    assert scaling_run.data.tags["ladder.data.md5"] == MD5
+    assert scaling_run.data.metrics["predicted_loss"] == pytest.approx(prediction["loss"])
+    rungs = _runs(workspace, "train")
     assert len(rungs) == 4
-    assert {run.data.tags["mlflow.parentRunId"] for run in rungs} == {ladder_run.info.run_id}
+    assert {run.data.tags["mlflow.parentRunId"] for run in rungs} == {scaling_run.info.run_id}
 
     # Prefect: the fit and its plots are a markdown artifact.
     with get_client(sync_client=True) as client:
-        reports = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ladder-summary"])))
+        reports = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["scaling-summary"])))
     assert reports and "data:image/png;base64," in reports[0].data
 
     # An unchanged rerun is a cache hit: nothing trained or fitted again.
-    again = ladder_flow(**kwargs)
-    assert again["cached"] and again["ladder_version"] == first["ladder_version"]
+    again = scaling_flow(**kwargs)
+    assert again["cached"] and again["scaling_version"] == first["scaling_version"]
     assert again["prediction"] == prediction
-    assert (len(_runs(workspace, "ladder")), len(_runs(workspace, "pretrain"))) == (1, 4)
+    assert (len(_runs(workspace, "scaling")), len(_runs(workspace, "train"))) == (1, 4)

@@ -1,4 +1,4 @@
-"""The evaluate flow end to end against a real MLflow tracking server: gate, registry, lineage, standard clients.
+"""The evals flow end to end against a real MLflow tracking server: gate, registry, lineage, standard clients.
 
 One server and one pair of tiny models for the module: a model trained for a few steps (the
 first candidate, promoted against the floors alone) and an untrained one (the second
@@ -25,7 +25,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from typer.testing import CliRunner
 
 from app.cli import app
-from flows.evaluate import evaluate_flow
+from flows.evals import evals_flow
 from ladder import services
 from ladder.runtime import configure
 from ladder.tracking import stage_run
@@ -80,7 +80,7 @@ def _save_model(out: Path, tokenizer_dir: Path, data_dir: Path, steps: int) -> P
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[Stack]:
-    ws = Workspace(tmp_path_factory.mktemp("evaluate") / "ws")
+    ws = Workspace(tmp_path_factory.mktemp("evals") / "ws")
     ws.root.mkdir()
     dvc_env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     subprocess.run(["git", "init", "-q"], cwd=ws.root, check=True, env=dvc_env)
@@ -103,7 +103,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> It
         tok_cfg = TokenizerTrainingConfig(candidates=["bpe"], vocab_sizes=[MODEL.vocab_size])
         tokenizer_dir = ws.state / "tokenizer"
         save_hf(train_candidate("bpe", MODEL.vocab_size, (d.text for d in iter_split(ws.data, "train")), tok_cfg), tok_cfg, tokenizer_dir)
-        with stage_run(ws, "pretrain", MODEL, tags={"ladder.data.md5": dvc_md5(ws)}) as run:
+        with stage_run(ws, "train", MODEL, tags={"ladder.data.md5": dvc_md5(ws)}) as run:
             trained = _save_model(ws.state / "models" / "trained", tokenizer_dir, ws.data, steps=80)
         untrained = _save_model(ws.state / "models" / "untrained", tokenizer_dir, ws.data, steps=0)
         yield Stack(ws, dvc_md5(ws), trained, untrained, run.info.run_id)
@@ -116,16 +116,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> It
 @pytest.fixture(scope="module")
 def promoted(stack: Stack) -> dict[str, Any]:
     """The first candidate: no champion yet."""
-    return evaluate_flow(
+    return evals_flow(
         overrides=OVERRIDES, model_dir=str(stack.trained_dir), training_run_id=stack.training_run_id,
-        lineage={"ladder_run": "run-of-the-ladder"},
+        lineage={"scaling": "version-of-the-scaling-artifact"},
     )
 
 
 @pytest.fixture(scope="module")
 def rejected(stack: Stack, promoted: dict[str, Any]) -> dict[str, Any]:
     """The second candidate: an untrained model, far worse than the champion."""
-    return evaluate_flow(overrides=OVERRIDES, model_dir=str(stack.untrained_dir))
+    return evals_flow(overrides=OVERRIDES, model_dir=str(stack.untrained_dir))
 
 
 def _metric(result: dict[str, Any], name: str) -> dict[str, Any]:
@@ -180,9 +180,9 @@ def test_regressing_candidate_stays_challenger_with_reasons(stack: Stack, promot
 def test_the_same_candidate_judged_again_is_reported_not_registered_again(
     stack: Stack, promoted: dict[str, Any], rejected: dict[str, Any]
 ) -> None:
-    again = evaluate_flow(
+    again = evals_flow(
         overrides=OVERRIDES, model_dir=str(stack.trained_dir), training_run_id=stack.training_run_id,
-        lineage={"ladder_run": "run-of-the-ladder"},
+        lineage={"scaling": "version-of-the-scaling-artifact"},
     )
     assert again["reused"] and not promoted["reused"]
     assert (again["decision"], again["version"], again["alias"], again["eval_run_id"]) == (
@@ -191,7 +191,7 @@ def test_the_same_candidate_judged_again_is_reported_not_registered_again(
     assert again["lineage"] == promoted["lineage"]
     assert sorted(v.version for v in MlflowClient().search_model_versions(f"name = '{NAME}'")) == ["1", "2"]
     # A stricter policy is another judgement: the same weights are evaluated and registered anew.
-    stricter = evaluate_flow(
+    stricter = evals_flow(
         overrides=[*OVERRIDES, "evals.gate.floors={ladder_ppl/bits_per_byte: 0.5}"], model_dir=str(stack.trained_dir),
         training_run_id=stack.training_run_id,
     )
@@ -206,7 +206,7 @@ def test_lineage_of_the_champion_names_dataset_and_training_run(stack: Stack, pr
         ("dataset: ", f"{stack.dataset_md5}, dvc_remote {stack.ws.dvc_remote}"),
         ("model: ", f"mlflow_run {stack.training_run_id}"),
         ("evaluation run ", f"eval_run {promoted['eval_run_id']}"),
-        ("ladder_run: ", "run-of-the-ladder"),
+        ("scaling: ", "version-of-the-scaling-artifact"),
     ):
         assert any(line.strip().startswith(start) and fact in line for line in lines), (start, fact, result.output)
     (top,) = [line for line in lines if line.strip().startswith("evaluation run ")]
@@ -248,15 +248,15 @@ def test_the_scaling_gate_outcome_is_judged_and_tagged_as_what_it_is(stack: Stac
     name = "ladder-test-scaling"  # a registry of its own: these promotions must not move the module's champion
     overrides = [*OVERRIDES, f"evals.registered_model={name}"]
     missed = ScalingGate(FAILED, ["actual loss 3.9000 is outside the 95% interval"], prediction={"loss": 3.5})
-    overridden = evaluate_flow(
+    overridden = evals_flow(
         overrides=overrides, model_dir=str(stack.trained_dir),
         scaling_gate=replace(missed, status=OVERRIDDEN, override_reason="known tokenizer change").to_dict(),
     )
-    advisory = evaluate_flow(
+    advisory = evals_flow(
         overrides=[*overrides, "evals.gate.scaling_gate=advisory"], model_dir=str(stack.trained_dir),
         scaling_gate=replace(missed, status=ADVISORY).to_dict(),
     )
-    required = evaluate_flow(overrides=overrides, model_dir=str(stack.trained_dir), scaling_gate=missed.to_dict())
+    required = evals_flow(overrides=overrides, model_dir=str(stack.trained_dir), scaling_gate=missed.to_dict())
 
     assert [r["decision"] for r in (overridden, advisory, required)] == ["promoted", "promoted", "rejected"]
     assert any(r.startswith("OVERRIDDEN scaling_prediction: missed its prediction, overridden (known tokenizer change)")

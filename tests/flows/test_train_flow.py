@@ -1,4 +1,4 @@
-"""The pretraining flow end to end: Prefect (test harness), MLflow (SQLite store), a training process."""
+"""The train flow end to end: Prefect (test harness), MLflow (SQLite store), a training process."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from flows.pretrain import pretrain_flow
+from flows.train import train_flow
 from ladder.tracking import experiment_id
 from ladder.workspace import Workspace
 from tasks.train.launch import TrainingFailed
@@ -40,7 +40,7 @@ def test_flow_trains_rolls_back_tracks_and_caches(
     shards = write_shards(tmp_path / "shards")
     tokenizer_dir = write_tokenizer(tmp_path / "tokenizer")
     kwargs = {"overrides": OVERRIDES, "shards_dir": str(shards), "tokenizer_dir": str(tokenizer_dir), "dataset_md5": MD5}
-    first = pretrain_flow(**kwargs)
+    first = train_flow(**kwargs)
 
     assert not first["cached"] and first["steps"] == 60 and first["spike_events"] == 1
     assert 0 < first["final_val_loss"] < 3.0 and first["tokens_per_s"] > 0 and 0 < first["mfu"] < 1
@@ -67,13 +67,13 @@ def test_flow_trains_rolls_back_tracks_and_caches(
 
     # Prefect: the spike report is a markdown artifact (the session's server also holds other tests' reports).
     with get_client(sync_client=True) as client:
-        reports = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pretrain-spike-events"])))
+        reports = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-spike-events"])))
     assert any("Attempt 1: step 30 (loss)" in report.data for report in reports)
 
     # Unchanged rerun: a cache hit, no new training and no new MLflow run.
-    again = pretrain_flow(**kwargs)
+    again = train_flow(**kwargs)
     assert again["cached"] and again["model_dir"] == first["model_dir"] and again["mlflow_run_id"] == first["mlflow_run_id"]
-    runs = MlflowClient().search_runs([experiment_id(workspace)], filter_string="tags.`ladder.stage` = 'pretrain'")
+    runs = MlflowClient().search_runs([experiment_id(workspace)], filter_string="tags.`ladder.stage` = 'train'")
     assert len(runs) == 1
 
 
@@ -85,9 +85,9 @@ def test_flow_fails_with_the_spike_report_and_does_not_retry_it(
     overrides = [*OVERRIDES[:-1], "train.max_steps=10", "train.spike_guard.max_retries=0",
                  "train.faults=[{step: 3, kind: nan_loss}]"]
     with pytest.raises(TrainingFailed, match="retry budget of 0 rollbacks exhausted"):
-        pretrain_flow(overrides=overrides, shards_dir=str(shards), dataset_md5=MD5)
-    (run_dir,) = (workspace.state / "runs" / "pretrain").iterdir()
+        train_flow(overrides=overrides, shards_dir=str(shards), dataset_md5=MD5)
+    (run_dir,) = (workspace.state / "runs" / "train").iterdir()
     assert "resumed from" not in (run_dir / "train.log").read_text()  # the task did not retry it
     with get_client(sync_client=True) as client:
-        reports = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pretrain-spike-events"])))
+        reports = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-spike-events"])))
     assert any("final spike at step 3: non-finite" in r.data for r in reports)

@@ -1,4 +1,4 @@
-"""The evaluate flow: held-out eval suite -> lm-eval -> release gate -> registry version with lineage."""
+"""The evals flow: held-out eval suite -> lm-eval -> release gate -> registry version with lineage."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from tasks.data.dataset import resolve_dataset
 SHOWN = ("decision", "version", "alias", "reused")
 
 
-@flow(name="evaluate")
-def evaluate_flow(
+@flow(name="evals")
+def evals_flow(
     profile: str = "tiny",
     overrides: list[str] | None = None,
     model_dir: str | None = None,
@@ -50,9 +50,9 @@ def evaluate_flow(
     with ``reused``. If another evaluation moves the champion while this one judges, the
     candidate is judged again against the new champion before anything is recorded.
 
-    ``model_dir`` defaults to the latest pretrain artifact's model; ``dataset_md5`` to the
+    ``model_dir`` defaults to the latest train artifact's model; ``dataset_md5`` to the
     version in ``data.dvc``. ``lineage`` names artifact versions the caller knows that are not
-    inputs of the model (``{"ladder": version}``): they are walked into its lineage too;
+    inputs of the model (``{"scaling": version}``): they are walked into its lineage too;
     ``scaling_gate`` is the scaling-law gate's outcome (``tasks.evals.gate.ScalingGate.to_dict()``:
     ``status``, ``reasons``, ``override_reason``, ``prediction``); ``base_metrics`` are the ``metrics``
     this flow returned for the base model of an aligned candidate, for the alignment-tax bound.
@@ -60,7 +60,7 @@ def evaluate_flow(
     Returns ``decision`` (promoted or rejected), ``reasons``, ``version``, ``alias``,
     ``metrics`` (one row per metric), ``eval_run_id`` and what the candidate was compared with.
     """
-    progress.start("evaluate")
+    progress.start("evals")
     cfg = load(ProjectConfig, profile, overrides or []).evals
     ws = Workspace.from_env()
     dataset = resolve_dataset(ws, dataset_md5)
@@ -72,7 +72,7 @@ def evaluate_flow(
     inputs = judged_inputs(candidate, suite, cfg, base_metrics, scaling_gate)
     earlier = earlier_verdict(cfg.registered_model, inputs, suite)
     if earlier is not None:
-        progress.finish("evaluate", {k: earlier[k] for k in SHOWN})
+        progress.finish("evals", {k: earlier[k] for k in SHOWN})
         return earlier
     evaluation = evaluate_checkpoint(candidate.model_dir, suite, cfg.run)
     eval_run_id, model_uri = log_evaluation(ws, cfg, suite, evaluation, candidate, md5)
@@ -94,5 +94,5 @@ def evaluate_flow(
         alias=alias, champion_before=champion.version if champion else None, table=evaluation.table,
         eval_run_id=eval_run_id, suite=suite, links=links, reused=False,
     )
-    progress.finish("evaluate", {k: summary[k] for k in SHOWN})
+    progress.finish("evals", {k: summary[k] for k in SHOWN})
     return summary
