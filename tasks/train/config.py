@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from ladder.config import Section
 from models.llama import ModelConfig
 
-FaultKind = Literal["random_batch", "lr_multiply", "nan_loss"]
+FaultKind = Literal["random_batch", "shard_window", "lr_multiply", "nan_loss"]
 
 
 class OptimizerConfig(Section):
@@ -68,6 +68,10 @@ class SpikeGuardConfig(Section):
     lr_scale: float = Field(0.5, gt=0, le=1, description="Learning-rate factor after a rollback; 1 keeps the schedule.")
     lr_scale_steps: int = Field(20, ge=0, description="Steps after the rollback point during which the factor applies.")
     max_retries: int = Field(3, ge=0, description="Rollbacks allowed in a run; one more spike fails the task with a report of every attempt.")
+    skip_window: bool = Field(
+        True, description="Skip the suspect data window on a rollback. Off, a rollback only restores and cuts the LR and "
+        "replays the same batches: it exists to show that skipping is what keeps data-borne spikes from coming back.",
+    )
     rare_k: int = Field(10, ge=1, description="Evidence: a token seen fewer than this many times in the training shards is rare.")
 
 
@@ -75,10 +79,20 @@ class FaultConfig(Section):
     """A fault injected for tests and demos: in the data (it stays there) or in one step (it fires once)."""
 
     step: int = Field(
-        ge=1, description="Optimizer step (1-based) whose learning rate or loss is corrupted, or for random_batch, whose "
-        "batches (as numbered in a run that skips none) hold the random tokens, whichever step trains them.",
+        ge=1, description="Optimizer step (1-based) whose learning rate or loss is corrupted, or for the data faults "
+        "(random_batch, shard_window), the first step whose batches (as numbered in a run that skips none) hold the "
+        "bad tokens, whichever step trains them.",
     )
-    kind: FaultKind = Field(description="random_batch: uniform random tokens; lr_multiply: scale the LR by factor; nan_loss: NaN loss.")
+    kind: FaultKind = Field(
+        description="random_batch: uniform random tokens in the batches, in memory; shard_window: the shard rows of "
+        "those batches overwritten in a copy of the training shards made for the run; lr_multiply: scale the LR by "
+        "factor; nan_loss: NaN loss."
+    )
+    steps: int = Field(1, ge=1, description="Data faults: consecutive steps, from step, whose batches hold the bad tokens.")
+    mode: Literal["garbage", "repeat"] = Field(
+        "garbage", description="shard_window: garbage writes uniform random token ids, repeat one id (drawn from the "
+        "seed) over every token of the rows; padding stays padding either way.",
+    )
     factor: float = Field(100.0, gt=0, description="lr_multiply: the learning-rate multiplier for that step.")
 
 

@@ -1,12 +1,19 @@
 """Faults injected from the config, for tests and demos, of two kinds.
 
-A fault of the data, ``random_batch``, lives in the batches that its step trains in a run
-without skips: their tokens become uniform random ids (the document layout, and so the mask
-and positions, stay). It is keyed to those mix batch numbers, not to a step, as bad data is:
-a rollback that replays the batches meets it again, one that skips them never does, and the
-spike guard's evidence sees the tokens that were trained, not the documents they replaced.
-The random ids depend on the seed and the batch number only, so every replay, any number of
-processes and the evidence all see the same ones.
+Faults of the data live in the batches that steps ``[step, step + steps)`` train in a run
+without skips, keyed to those mix batch numbers, not to a step, as bad data is: a rollback
+that replays the batches meets them again, one that skips them never does.
+
+- ``random_batch`` replaces the batches' tokens in memory with uniform random ids (the
+  document layout, and so the mask and positions, stay). The spike guard's evidence sees the
+  tokens that were trained, not the documents they replaced. The random ids depend on the
+  seed and the batch number only, so every replay, any number of processes and the evidence
+  all see the same ones.
+- ``shard_window`` is a spike that lives in the data, as real ones do: before training,
+  ``write_faulted_shards`` copies the shards into the run directory (the stage's artifact is
+  never touched) and overwrites, in the copy, the shard rows those batches are cut from, with
+  garbage ids or one id repeated. Training reads the copy, so the corruption is the
+  documents' own content, and the evidence names those documents.
 
 Faults of the state, ``lr_multiply`` (scale the step's learning rate) and ``nan_loss`` (a NaN
 loss), are transient upsets: each fires once, at its step, and is remembered (in checkpoints
@@ -16,18 +23,25 @@ and the spike ledger), so replaying its step after a rollback does not inject it
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from models.llama import IGNORE_INDEX
+from tasks.tokenizer.shards import DOC_INDEX, DOC_INDEX_DTYPE, TOKEN_DTYPE, TOKENS
 from tasks.train.config import FaultConfig
+from tasks.train.data import TrainData
 from tasks.train.loader import Batch
 
-DATA_FAULTS = frozenset({"random_batch"})
+DATA_FAULTS = frozenset({"random_batch", "shard_window"})
 INJECTED = "injected"  # the source that evidence names for a batch a data fault replaced
+FAULTED_SHARDS_DIR = "faulted-shards"  # in the run directory: the copy of the shards that shard faults corrupted
+FAULTED_MANIFEST = "faults.json"  # in that copy: which rows and documents each shard fault overwrote
 
 
 class FaultInjector:
@@ -42,7 +56,7 @@ class FaultInjector:
             index: i
             for i, fault in enumerate(faults)
             if fault.kind in DATA_FAULTS
-            for index in range((fault.step - 1) * batches_per_step, fault.step * batches_per_step)
+            for index in fault_batches(fault, batches_per_step)
         }
         self.fired: set[int] = set()
 
@@ -55,6 +69,12 @@ class FaultInjector:
     def data_fault(self, index: int) -> int | None:
         """Index of the data fault in mix batch ``index``, if any."""
         return self._in_batch.get(index)
+
+    def replacement(self, index: int) -> int | None:
+        """Index of the fault that replaces mix batch ``index`` in memory (``random_batch``), if any;
+        a ``shard_window`` batch is read from the corrupted shards as it is."""
+        fault = self._in_batch.get(index)
+        return fault if fault is not None and self.faults[fault].kind == "random_batch" else None
 
     def describe(self, indices: list[int]) -> str:
         """The kinds of faults ``indices``, for the spike ledger."""
@@ -70,8 +90,8 @@ class FaultInjector:
 
     def batch(self, index: int, batch: Batch, rank: int, world_size: int) -> Batch:
         """Mix batch ``index`` as training sees it. ``batch`` holds rank ``rank``'s rows of it (of
-        ``world_size`` ranks; rank 0 of 1 for the whole batch); a data fault replaces its tokens."""
-        if self.data_fault(index) is None:
+        ``world_size`` ranks; rank 0 of 1 for the whole batch); a ``random_batch`` fault replaces its tokens."""
+        if self.replacement(index) is None:
             return batch
         rows, seq_len = batch.input_ids.shape
         entropy = np.random.SeedSequence([self.seed, index]).generate_state(1)[0]
@@ -87,3 +107,53 @@ class FaultInjector:
         if any(self.faults[i].kind == "nan_loss" for i in due):
             return loss * float("nan")
         return loss
+
+
+def fault_batches(fault: FaultConfig, batches_per_step: int) -> range:
+    """Mix batch numbers of data fault ``fault``: those of its steps in a run that skips none."""
+    return range((fault.step - 1) * batches_per_step, (fault.step - 1 + fault.steps) * batches_per_step)
+
+
+def write_faulted_shards(faults: list[FaultConfig], data: TrainData, seed: int, batches_per_step: int, out_dir: Path) -> None:
+    """Copy every source of ``data`` to ``out_dir/<source>`` and overwrite, in the copy, the rows of
+    the mix batches of each ``shard_window`` fault; ``out_dir/faults.json`` lists the rows and
+    documents overwritten.
+
+    Idempotent: a copy already there is kept (a resumed run, whose config hash, faults included,
+    the checkpoints check). Fault ``i`` draws its ids from ``SeedSequence([seed, i])``.
+    """
+    if (out_dir / FAULTED_MANIFEST).exists():
+        return
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, shards in data.shards.items():
+        shutil.copytree(shards.directory, tmp / name)
+    manifest = []
+    for i, fault in enumerate(faults):
+        if fault.kind != "shard_window":
+            continue
+        rows: dict[str, set[int]] = {}
+        for index in fault_batches(fault, batches_per_step):
+            name, batch = data.global_batch(index)
+            rows.setdefault(name, set()).update(batch.rows.tolist())
+        generator = np.random.default_rng(np.random.SeedSequence([seed, i]))
+        for name, overwritten in sorted(rows.items()):
+            shards = data.shards[name]
+            where = np.asarray(sorted(overwritten))
+            shape = (len(shards), shards.seq_len)
+            tokens = np.memmap(tmp / name / TOKENS, dtype=TOKEN_DTYPE, mode="r+", shape=shape)
+            docs = np.memmap(tmp / name / DOC_INDEX, dtype=DOC_INDEX_DTYPE, mode="r", shape=shape)[where]  # (R, T)
+            real = docs >= 0
+            vocab_size = shards.index["vocab_size"]
+            if fault.mode == "garbage":
+                ids = generator.integers(0, vocab_size, size=docs.shape)
+            else:
+                ids = np.full(docs.shape, generator.integers(0, vocab_size))
+            tokens[where] = np.where(real, ids, tokens[where]).astype(TOKEN_DTYPE)
+            tokens.flush()
+            del tokens  # unmapped before the copy is renamed into place
+            documents = [shards.docs[row]["id"] for row in np.unique(docs[real]).tolist()]
+            manifest.append({**fault.model_dump(), "fault": i, "shards": name, "rows": where.tolist(), "documents": documents})
+    (tmp / FAULTED_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)

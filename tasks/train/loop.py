@@ -8,7 +8,7 @@ A rollback (PaLM's recipe, closed-loop): restore model, optimizer, loader and gu
 newest known-good checkpoint and delete the newer ones (so no resume starts from them); skip
 the mix batches from that checkpoint's position to the end of the spike step's batches plus
 ``rollback_margin_steps`` steps' worth (every count in the guard is in optimizer steps; a
-step is ``grad_accumulation`` mix batches); scale the learning rate down for
+step is ``grad_accumulation`` mix batches), unless ``spike_guard.skip_window`` is off; scale the learning rate down for
 ``lr_scale_steps``; record the event and its evidence in the ledger; go on. Every rank takes
 the same decision, because the values it is taken on (loss averaged over ranks, global grad
 norm) are the same on every rank.
@@ -45,7 +45,7 @@ from tasks.train.config import TrainConfig
 from tasks.train.continued import initial_model, resolve
 from tasks.train.data import MAIN, REPLAY, TrainData, merge_ranges
 from tasks.train.engine import Dist, TrainEngine, deterministic_algorithms, init_distributed
-from tasks.train.faults import FaultInjector
+from tasks.train.faults import FAULTED_SHARDS_DIR, FaultInjector, write_faulted_shards
 from tasks.train.loader import Batch, PackedLoader
 from tasks.train.schedule import lr_at
 from tasks.train.shards import PackedShards
@@ -331,7 +331,9 @@ class Trainer:
         # Before the ledger records the rollback: a crash in between resumes from ``ckpt`` and
         # meets the spike again, never from a discarded state with the rollback on record.
         self.store.discard_after(ckpt)
-        self.data.skip(start, stop)
+        skipped = (start, stop) if guard.skip_window else (start, start)  # the evidence still covers [start, stop)
+        if guard.skip_window:
+            self.data.skip(start, stop)
         self.lr_scale, self.lr_scale_until = guard.lr_scale, ckpt.step + guard.lr_scale_steps
         event = SpikeEvent(
             attempt=len(events) + 1,
@@ -339,14 +341,15 @@ class Trainer:
             detected_at_step=detected_at,
             rollback_checkpoint=ckpt.path.name,
             rollback_step=ckpt.step,
-            skipped=(start, stop),
+            skipped=skipped,
             lr_scale=self.lr_scale,
             lr_scale_until_step=self.lr_scale_until,
             fault=self.fault_at_step.get(spike.step),
             evidence=evidence,
         )
         events.append({**event.to_dict(), "summary": event.summary()})
-        self.ledger["skips"] = [list(r) for r in merge_ranges([*map(tuple, self.ledger["skips"]), (start, stop)])]
+        if guard.skip_window:
+            self.ledger["skips"] = [list(r) for r in merge_ranges([*map(tuple, self.ledger["skips"]), skipped])]
         self.ledger["fired_faults"] = sorted(self.faults.fired)
         self.store.write_ledger(self.ledger)
         if self.dist.is_main:
@@ -414,6 +417,14 @@ def train(
         if cfg.replay.shards_dir:
             shards[REPLAY] = PackedShards(Path(cfg.replay.shards_dir))
         data = TrainData(shards, cfg.replay.share, cfg.micro_batch_size, cfg.seed, dist.rank, dist.world_size)
+        if any(fault.kind == "shard_window" for fault in cfg.faults):
+            faulted = run_dir / FAULTED_SHARDS_DIR
+            if dist.is_main:
+                write_faulted_shards(cfg.faults, data, cfg.seed, cfg.grad_accumulation, faulted)
+            if dist.world_size > 1:
+                torch.distributed.barrier()  # the other ranks read the copy rank 0 wrote
+            shards = {name: PackedShards(faulted / name) for name in shards}
+            data = TrainData(shards, cfg.replay.share, cfg.micro_batch_size, cfg.seed, dist.rank, dist.world_size)
         val = PackedShards(val_shards)
         if val.seq_len != data.seq_len:
             raise ValueError(f"validation shards have seq_len {val.seq_len}, training shards {data.seq_len}: pack both alike")

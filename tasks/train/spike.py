@@ -167,7 +167,7 @@ def window_evidence(
         source, batch = data.global_batch(index)
         docs = batch.doc_index  # (G, T)
         real = docs >= 0
-        if (fault := faults.data_fault(index)) is not None:
+        if (fault := faults.replacement(index)) is not None:
             source, batch = INJECTED, faults.batch(index, batch, rank=0, world_size=1)
             docs = np.where(real, fault, -1)
         ids = batch.input_ids.numpy()  # (G, T)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tasks.tokenizer.shards import TOKENS
 from tasks.train.data import MAIN, TrainData
+from tasks.train.faults import FAULTED_MANIFEST, FAULTED_SHARDS_DIR
 from tasks.train.launch import TrainingFailed, run_training
 from tasks.train.loop import Trainer, train
 from tasks.train.shards import PackedShards
@@ -58,6 +62,12 @@ def _single_rollback(result: dict[str, Any], control: dict[str, Any], run_dir: P
     return event
 
 
+def _document_ids(data: TrainData, index: int) -> set[str]:
+    """Ids of the documents with tokens in mix batch ``index`` (of the main shards)."""
+    _, batch = data.global_batch(index)
+    return {data.shards[MAIN].docs[row]["id"] for row in np.unique(batch.doc_index[batch.doc_index >= 0]).tolist()}
+
+
 def test_injected_random_batch_is_rolled_back_and_skipped(shards_root: Path, tmp_path: Path, control: dict[str, Any]) -> None:
     cfg = tiny_config(max_steps=STEPS, faults=[{"step": FAULT_STEP, "kind": "random_batch"}])
     result = train(cfg, shards_root / "train", shards_root / "validation", tmp_path)
@@ -72,6 +82,38 @@ def test_injected_random_batch_is_rolled_back_and_skipped(shards_root: Path, tmp
     _, bad_batch = data.global_batch(FAULT_STEP - 1)  # one mix batch a step here
     assert injected["tokens_in_window"] == int((bad_batch.doc_index >= 0).sum())
     assert sum(row["tokens_in_window"] for row in rows) == event["evidence"]["tokens"]  # each token counted once
+
+
+def test_a_garbage_window_in_the_shards_is_rolled_back_skipped_and_does_not_return(
+    shards_root: Path, tmp_path: Path, control: dict[str, Any]
+) -> None:
+    cfg = tiny_config(max_steps=STEPS, faults=[{"step": FAULT_STEP, "kind": "shard_window", "mode": "garbage"}])
+    original = (shards_root / "train" / TOKENS).read_bytes()
+    result = train(cfg, shards_root / "train", shards_root / "validation", tmp_path)
+    event = _single_rollback(result, control, tmp_path, "loss", "shard_window")
+    assert all(map(math.isfinite, (result["final_val_loss"], event["spike"]["loss"])))
+
+    # The corruption is in a copy made for the run, in the rows of step 40's batch, and only there.
+    assert (shards_root / "train" / TOKENS).read_bytes() == original
+    clean = PackedShards(shards_root / "train")
+    faulted = PackedShards(tmp_path / FAULTED_SHARDS_DIR / MAIN)
+    data = TrainData({MAIN: clean}, 0.0, cfg.micro_batch_size, cfg.seed)
+    _, bad_batch = data.global_batch(FAULT_STEP - 1)  # one mix batch a step here
+    changed = np.flatnonzero((np.asarray(faulted.tokens) != np.asarray(clean.tokens)).any(axis=1))
+    assert set(changed.tolist()) == set(bad_batch.rows.tolist())
+
+    # The evidence names the documents that were trained in the skipped window: the corrupted
+    # ones among them, each under its own id, and no stand-in for them.
+    (manifest,) = json.loads((tmp_path / FAULTED_SHARDS_DIR / FAULTED_MANIFEST).read_text())
+    corrupted = _document_ids(data, FAULT_STEP - 1)
+    assert set(manifest["documents"]) == corrupted
+    start, stop = event["skipped"]
+    in_window = set().union(*(_document_ids(data, index) for index in range(start, stop)))
+    rows = [json.loads(line) for line in (tmp_path / "spikes" / "evidence-1.jsonl").read_text().splitlines()]
+    assert {row["id"] for row in rows} == in_window >= corrupted
+    assert "injected" not in event["evidence"]["documents_by_source"]
+    shares = {row["id"]: row["rare_token_share"] for row in rows}
+    assert max(shares[doc] for doc in corrupted) > max(shares[doc] for doc in in_window - corrupted)
 
 
 def test_injected_nan_loss_is_rolled_back_and_skipped(shards_root: Path, tmp_path: Path, control: dict[str, Any]) -> None:
@@ -96,17 +138,27 @@ def test_exhausted_retry_budget_fails_the_run_with_a_report_of_every_attempt(sha
     assert not (tmp_path / "model").exists()
 
 
-def test_skipping_the_window_is_what_keeps_a_bad_batch_from_spiking_again(
-    shards_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("fault", [
+    {"kind": "random_batch"},
+    {"kind": "shard_window", "mode": "garbage"},
+    {"kind": "shard_window", "mode": "repeat"},
+], ids=["random_batch", "shard_garbage", "shard_repeat"])
+def test_skipping_the_window_is_what_keeps_bad_data_from_spiking_again(
+    shards_root: Path, tmp_path: Path, fault: dict[str, Any]
 ) -> None:
     # The fault lives in step 40's batches. A guard that rolls back but skips nothing replays them
-    # and meets it again, until the budget runs out; with the skip it never returns (the test above).
-    monkeypatch.setattr(TrainData, "skip", lambda self, start, stop: None)
-    cfg = tiny_config(max_steps=45, faults=[{"step": FAULT_STEP, "kind": "random_batch"}], spike_guard={"max_retries": 2})
+    # and meets it again, until the budget runs out; with the skip it never returns (the tests above).
+    cfg = tiny_config(max_steps=45, faults=[{"step": FAULT_STEP, **fault}],
+                      spike_guard={"max_retries": 2, "skip_window": False})
     with pytest.raises(RetryBudgetExhausted) as failed:
         train(cfg, shards_root / "train", shards_root / "validation", tmp_path)
-    assert [(e["spike"]["step"], e["fault"]) for e in failed.value.events] == [(FAULT_STEP, "random_batch")] * 2
+    assert [(e["spike"]["step"], e["fault"], e["batches_skipped"]) for e in failed.value.events] == [
+        (FAULT_STEP, fault["kind"], 0)
+    ] * 2
     assert failed.value.last.step == FAULT_STEP
+    assert "retry budget of 2 rollbacks exhausted" in str(failed.value)
+    ledger = json.loads((tmp_path / "checkpoints" / "ledger.json").read_text())
+    assert ledger["skips"] == [] and ledger["failed"]["spike"]["step"] == FAULT_STEP
 
 
 def test_bad_data_over_four_steps_takes_one_rollback_whose_window_covers_it(shards_root: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from tasks.train.config import FaultConfig, ScheduleConfig, SpikeGuardConfig
 from tasks.train.continued import extend_vocab, resolve_model_config
 from tasks.train.data import MAIN, REPLAY, TrainData
 from tasks.train.engine import deepspeed_config
-from tasks.train.faults import FaultInjector
+from tasks.train.faults import FAULTED_MANIFEST, FaultInjector, write_faulted_shards
 from tasks.train.loop import train
 from tasks.train.schedule import lr_at
 from tasks.train.shards import PackedShards
@@ -95,6 +95,24 @@ def test_a_data_fault_lives_in_its_batches_and_is_the_same_on_any_number_of_rank
         share = dataclasses.replace(clean, input_ids=clean.input_ids[rank::2], labels=clean.labels[rank::2])
         assert torch.equal(faults.batch(4, share, rank, world_size=2).labels, whole.labels[rank::2])
     assert faults.batch(6, clean, rank=0, world_size=1) is clean
+
+
+def test_a_repeat_window_overwrites_its_batches_rows_with_one_id_in_a_copy(shards_root: Path, tmp_path: Path) -> None:
+    fault = FaultConfig(step=2, steps=2, kind="shard_window", mode="repeat")
+    faults = FaultInjector([fault], seed=0, vocab_size=VOCAB, batches_per_step=2)
+    assert [faults.data_fault(index) for index in range(7)] == [None] * 2 + [0] * 4 + [None]  # steps 2 and 3
+    assert faults.replacement(3) is None  # read from the shards as they are, not replaced in memory
+    data = TrainData({MAIN: PackedShards(shards_root / "train")}, 0.0, batch_size=4, seed=0)
+    write_faulted_shards([fault], data, seed=0, batches_per_step=2, out_dir=tmp_path / "copy")
+    clean, faulted = data.shards[MAIN], PackedShards(tmp_path / "copy" / MAIN)
+    rows = sorted({row for index in range(2, 6) for row in data.global_batch(index)[1].rows.tolist()})
+    changed = np.flatnonzero((np.asarray(faulted.tokens) != np.asarray(clean.tokens)).any(axis=1))
+    assert changed.tolist() == rows
+    window = np.asarray(faulted.tokens)[rows][np.asarray(clean.doc_index)[rows] >= 0]
+    assert len(np.unique(window)) == 1
+    assert np.array_equal(faulted.doc_index, clean.doc_index)  # the documents stay where they were
+    (manifest,) = json.loads((tmp_path / "copy" / FAULTED_MANIFEST).read_text())
+    assert manifest["rows"] == rows and manifest["shards"] == MAIN
 
 
 def test_config_errors_name_the_fix(tmp_path: Path) -> None:
