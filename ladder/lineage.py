@@ -69,6 +69,10 @@ def walk(store: ArtifactStore, artifact: Artifact, runs: Runs, expand: Expand | 
     return node
 
 
+# What every artifact on the chain must name; a link without one is reported by `missing`.
+FIELDS = ("config_hash", "code", "mlflow_run", "prefect_flow_run")
+
+
 def nodes(tree: Node) -> Iterator[Node]:
     """Every node of a tree, depth first."""
     yield tree
@@ -85,19 +89,26 @@ def missing(tree: Node) -> list[str]:
     return gaps
 
 
-# What every artifact on the chain must name; a link without one is reported by `missing`.
-FIELDS = ("config_hash", "code", "mlflow_run", "prefect_flow_run")
+def render(tree: Node, name: str = "", indent: str = "", shown: set[str] | None = None) -> list[str]:
+    """The tree as indented lines: ``input: stage version (config, code, runs)`` or ``input: value``.
 
-
-def render(tree: Node, name: str = "", indent: str = "") -> list[str]:
-    """The tree as indented lines: ``input: stage version (config, code, runs)`` or ``input: value``."""
+    The chain is a graph (the dataset feeds most stages): an artifact or dataset already shown
+    is named again with ``(as above)`` instead of its whole subtree.
+    """
+    shown = set() if shown is None else shown
     label = f"{name}: " if name else ""
+    key = tree.get("version") or (tree.get("value") if tree.get("inputs") else None)
+    if key is not None and key in shown:
+        head = f"{tree['stage']} {key}" if "stage" in tree else str(key)
+        return [f"{indent}{label}{head} (as above)"]
+    if key is not None:
+        shown.add(key)
     if "stage" not in tree:
         extra = "".join(f", {k} {v}" for k, v in sorted(tree.items()) if k not in ("value", "inputs"))
         lines = [f"{indent}{label}{tree.get('value', '')}{extra}"]
     else:
-        facts = ", ".join(f"{key} {tree.get(key) or 'unknown'}" for key in ("config_hash", "code", "mlflow_run", "prefect_flow_run"))
+        facts = ", ".join(f"{key} {tree.get(key) or 'unknown'}" for key in FIELDS)
         lines = [f"{indent}{label}{tree['stage']} {tree['version']} ({facts})"]
     for child_name, child in tree.get("inputs", {}).items():
-        lines += render(child, child_name, indent + "  ")
+        lines += render(child, child_name, indent + "  ", shown)
     return lines

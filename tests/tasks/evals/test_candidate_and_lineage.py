@@ -111,4 +111,9 @@ def test_lineage_walks_the_manifests_to_the_raw_corpus_with_each_artifacts_own_r
     assert tags["ladder.lineage.training_runs"] == runs[TRAIN_STAGE]
     assert tags["ladder.lineage.scaling"] == fit.version
     assert tags["ladder.lineage.scaling_gate"] == "overridden"
-    assert any(line.strip().startswith(f"tokenizer: tokenizer {tokenizer.version}") for line in render(tree))
+    # Printed as a tree, each artifact once in full: the dataset feeds four of them.
+    lines = [line.strip() for line in render(tree)]
+    assert sum(line.startswith(f"tokenizer: tokenizer {tokenizer.version} (config_hash") for line in lines) == 1
+    assert f"tokenizer: tokenizer {tokenizer.version} (as above)" in lines
+    assert sum(line.startswith(f"dataset: {md5}, dvc_remote") for line in lines) == 1
+    assert lines.count(f"dataset: {md5} (as above)") >= 3
