@@ -12,6 +12,7 @@ md5, which the data stage maps to its artifact) is expanded by the caller's ``ex
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from ladder.artifacts import MANIFEST, Artifact, ArtifactStore
@@ -32,8 +33,6 @@ def find(store: ArtifactStore, version: str) -> Artifact | None:
 
 def containing(store: ArtifactStore, path: str) -> Artifact | None:
     """The artifact a path lies inside (a model directory inside a training artifact), or None."""
-    from pathlib import Path
-
     resolved = Path(path).resolve()
     root = store.root.resolve()
     if root not in resolved.parents:
@@ -55,17 +54,27 @@ def artifact_node(artifact: Artifact, runs: Runs) -> Node:
     }
 
 
-def walk(store: ArtifactStore, artifact: Artifact, runs: Runs, expand: Expand | None = None) -> Node:
-    """The tree of ``artifact`` and everything it was built from, each artifact once per branch."""
+def walk(
+    store: ArtifactStore, artifact: Artifact, runs: Runs, expand: Expand | None = None, seen: dict[str, Node] | None = None
+) -> Node:
+    """The tree of ``artifact`` and everything it was built from.
+
+    An artifact reached by several branches (the tokenizer feeds shards, training and the
+    scaling fit) is looked up and its run searched for once: ``seen`` holds its node.
+    """
+    seen = {} if seen is None else seen
+    if artifact.version in seen:
+        return seen[artifact.version]
     node = artifact_node(artifact, runs)
     inputs: dict[str, Node] = {}
     for name, value in sorted(artifact.manifest.get("inputs", {}).items()):
         upstream = find(store, str(value))
         if upstream is not None:
-            inputs[name] = walk(store, upstream, runs, expand)
+            inputs[name] = walk(store, upstream, runs, expand, seen)
         else:
             inputs[name] = (expand(name, str(value)) if expand else None) or {"value": value}
     node["inputs"] = inputs
+    seen[artifact.version] = node
     return node
 
 

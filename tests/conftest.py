@@ -90,3 +90,11 @@ def fresh_fingerprints() -> Iterator[None]:
     code_fingerprint.cache_clear()
     yield
     code_fingerprint.cache_clear()
+
+
+@pytest.fixture
+def two_workspaces(tmp_path: Path) -> Iterator[tuple[Workspace, Workspace]]:
+    """Workspaces A and B on one DVC remote (A's: B's default remote points at it), as two colleagues'; A's environment is active."""
+    with _isolated_workspace(tmp_path / "b") as b, _isolated_workspace(tmp_path / "a") as a:
+        _run([str(Path(sys.executable).parent / "dvc"), "remote", "add", "-f", "-d", "local", str(a.dvc_remote)], b.root)
+        yield a, b

@@ -11,11 +11,12 @@ copied into ``ladder.lineage.*`` tags so versions can be searched by them.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 from ladder import lineage
-from ladder.artifacts import Artifact
+from ladder.artifacts import Artifact, ArtifactStore
 from ladder.lineage import Node
 from ladder.tags import LINEAGE_PREFIX
 from ladder.tracking import producing_run
@@ -27,20 +28,16 @@ LINEAGE_JSON = "lineage.json"
 DATASET_INPUT = "dataset"
 
 
-def dataset_node(ws: Workspace, md5: str) -> Node:
+def dataset_node(ws: Workspace, store: ArtifactStore, md5: str, runs: lineage.Runs, seen: dict[str, Node]) -> Node:
     """A dataset version: the DVC remote holding it and, below it, the data artifact or the raw corpus hash."""
     dataset = resolve_dataset(ws, md5)
     node: Node = {"value": md5, "dvc_remote": dvc_remote(ws), "source": dataset.source}
-    data = lineage.containing(ws.store(), str(dataset.path))
+    data = lineage.containing(store, str(dataset.path))
     if data is not None:
-        node["inputs"] = {"data": lineage.walk(ws.store(), data, _runs(ws))}
+        node["inputs"] = {"data": lineage.walk(store, data, runs, seen=seen)}
     else:  # pulled from the remote: the dataset itself records what it was curated from
         node["inputs"] = {"corpus": {"value": dataset.corpus}}
     return node
-
-
-def _runs(ws: Workspace) -> lineage.Runs:
-    return lambda version: producing_run(ws, version)
 
 
 def collect(
@@ -59,28 +56,38 @@ def collect(
     from prefect.runtime import flow_run
 
     store = ws.store()
-    runs = _runs(ws)
+    # Most stages read the dataset and several share the tokenizer: each artifact's run is
+    # searched for, and the dataset resolved, once per tree, however many branches reach it.
+    runs = functools.cache(lambda version: producing_run(ws, version))
+    seen: dict[str, Node] = {}
+    datasets: dict[str, Node] = {}
 
     def expand(name: str, value: str) -> Node | None:
-        return dataset_node(ws, value) if name == DATASET_INPUT else None
+        if name != DATASET_INPUT:
+            return None
+        if value not in datasets:
+            datasets[value] = dataset_node(ws, store, value, runs, seen)
+        return datasets[value]
+
+    def walk(artifact: Artifact) -> Node:
+        return lineage.walk(store, artifact, runs, expand, seen)
 
     model = lineage.containing(store, str(model_dir))
     inputs: dict[str, Node] = {
         # A checkpoint from outside the store has no manifest chain: its path is all that is known.
-        "model": lineage.walk(store, model, runs, expand) if model
-        else {"value": str(model_dir), "mlflow_run": training_run_id or ""},
-        "eval_suite": lineage.walk(store, suite, runs, expand),
+        "model": walk(model) if model else {"value": str(model_dir), "mlflow_run": training_run_id or ""},
+        "eval_suite": walk(suite),
     }
     for name, version in sorted((extra or {}).items()):
         found = lineage.find(store, version)
-        inputs[name] = lineage.walk(store, found, runs, expand) if found else {"value": version}
+        inputs[name] = walk(found) if found else {"value": version}
     if scaling_gate is not None:
         inputs["scaling_gate"] = {"value": scaling_gate.get("status", "unknown"),
                                   **{k: str(v) for k, v in sorted(scaling_gate.items()) if k != "status"}}
     return {
         "value": f"evaluation run {eval_run_id}",
         "eval_run": eval_run_id,
-        "git_commit": ws.git_commit(),
+        "git_commit": store.git_commit,
         "prefect_flow_run": str(flow_run.id) if flow_run.id else "",
         "inputs": inputs,
     }

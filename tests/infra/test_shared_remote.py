@@ -23,7 +23,6 @@ from ladder import services
 from ladder.lineage import nodes
 from ladder.workspace import Workspace
 from tasks.data.dataset import CACHE_DIR
-from tests.conftest import _isolated_workspace
 from tests.flows.small_pipeline import SMALL_OVERRIDES, small_corpus
 from tests.infra.test_trigger import PREFECT_URL, ladder
 
@@ -47,16 +46,13 @@ def _small_deployment(path: Path) -> Path:
 
 
 @pytest.fixture
-def workspaces(tmp_path: Path) -> Iterator[tuple[Workspace, Workspace]]:
-    with _isolated_workspace(tmp_path / "b") as b, _isolated_workspace(tmp_path / "a") as a:
-        # One remote for both: B's points at A's.
-        dvc = str(Path(sys.executable).parent / "dvc")
-        subprocess.run([dvc, "remote", "add", "-f", "-d", "local", str(a.dvc_remote)], cwd=b.root, check=True)
-        services.up(a, only={"prefect"}, prefect_port=PREFECT_PORT)
-        try:
-            yield a, b
-        finally:
-            services.down(a)
+def workspaces(two_workspaces: tuple[Workspace, Workspace]) -> Iterator[tuple[Workspace, Workspace]]:
+    a, _ = two_workspaces
+    services.up(a, only={"prefect"}, prefect_port=PREFECT_PORT)
+    try:
+        yield two_workspaces
+    finally:
+        services.down(a)
 
 
 @pytest.fixture

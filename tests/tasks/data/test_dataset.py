@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from ladder.workspace import Workspace
 from tasks.data.dataset import dvc_dir_md5, resolve_dataset
 from tasks.data.document import Document
 from tasks.data.version import dataset_version, run_dvc
-from tests.conftest import _isolated_workspace
 
 
 def _curate_by_hand(ws: Workspace, texts: list[str]) -> str:
@@ -25,14 +19,6 @@ def _curate_by_hand(ws: Workspace, texts: list[str]) -> str:
     run_dvc(ws.root, "add", "-q", "data")
     run_dvc(ws.root, "push", "-q", "data.dvc")
     return dataset_version(ws)
-
-
-@pytest.fixture
-def two_workspaces(tmp_path: Path) -> Iterator[tuple[Workspace, Workspace]]:
-    with _isolated_workspace(tmp_path / "b") as b, _isolated_workspace(tmp_path / "a") as a:
-        dvc = str(Path(sys.executable).parent / "dvc")
-        subprocess.run([dvc, "remote", "add", "-f", "-d", "local", str(a.dvc_remote)], cwd=b.root, check=True)
-        yield a, b
 
 
 def test_a_version_pushed_elsewhere_is_pulled_verified_and_cached(two_workspaces) -> None:
