@@ -178,6 +178,35 @@ class MixtureConfig(Section):
         return self
 
 
+class DaskConfig(Section):
+    """Where the per-shard work (ingest, normalize, quality rules, dedup signatures) runs.
+
+    Not part of what the stage builds: every choice gives the same dataset, byte for byte, so these
+    fields are left out of the stage's version and of ``dataset.json``.
+    """
+
+    address: str | None = Field(
+        None,
+        description="Scheduler of a running Dask cluster (tcp://host:8786, or a dask-kubernetes cluster's); its "
+        "workers must import this repository and see the workspace's .ladder/ directory, where shards are "
+        "written. null: a local cluster of `workers` processes, started for the stage and stopped after it.",
+    )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="Worker processes of the local cluster (one thread each, since the work holds the GIL). "
+        "0: every shard in this process, no cluster. null: one per core, at most one per shard, and in this "
+        "process when that is one (a corpus of one shard gains nothing from a cluster's start-up).",
+    )
+    shard_bytes: int = Field(
+        8 * 2**20,
+        ge=1,
+        description="Input files are grouped, in corpus order, into shards of about this many bytes on disk; a "
+        "larger file is a shard alone. A worker holds one shard's documents and their token arrays at a time "
+        "(about 10x the shard's bytes at its peak), so this bounds each worker's memory.",
+    )
+
+
 class DataConfig(Section):
     """The data stage: raw corpus -> quality-gated, deduplicated, split, DVC-versioned dataset."""
 
@@ -189,3 +218,4 @@ class DataConfig(Section):
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact, near-duplicate and repetition filters.")
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train/validation/test split and sharding.")
     mixture: MixtureConfig = Field(default_factory=MixtureConfig, description="Per-source sampling weights.")
+    dask: DaskConfig = Field(default_factory=DaskConfig, description="Where the per-shard work runs (Dask).")

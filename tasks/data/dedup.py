@@ -119,43 +119,95 @@ class DedupResult:
         return {"kept": len(self.kept), **Counter(drop.reason for drop in self.dropped)}
 
 
+@dataclass
+class DedupFeatures:
+    """What the global dedup needs of each document, computed shard by shard from its text.
+
+    Index ``i`` is the i-th document given to :func:`dedup_features`; features of consecutive
+    shards are joined with :func:`join_features`.
+    """
+
+    repeated: dict[int, str]  # document index -> the repetition bound it broke
+    exact_keys: list[int]  # xxh3-128 of the whitespace-collapsed, casefolded text; empty when dedup.exact is off
+    signatures: np.ndarray  # (D, num_perm) uint64 MinHash signatures; (D, 0) when dedup.near is off
+
+
+def dedup_features(docs: list[Document], cfg: DedupConfig) -> DedupFeatures:
+    """Every per-document input of :func:`resolve_duplicates`: repetition, exact key and signature.
+
+    Each depends on its document alone, so shards can compute them apart and give the same result.
+    """
+    tokens = minhash.tokenize([d.text for d in docs]) if cfg.repetition or cfg.near else None
+    repeated = repetitive(tokens, cfg) if cfg.repetition and tokens is not None else {}
+    keys = [xxhash.xxh3_128_intdigest(" ".join(d.text.split()).casefold().encode()) for d in docs] if cfg.exact else []
+    if cfg.near and tokens is not None:
+        shingles, offsets = minhash.ngram_hashes(tokens, cfg.shingle_words, short_docs=True)
+        sigs = minhash.signatures(shingles, offsets, cfg.num_perm, cfg.seed)
+    else:
+        sigs = np.empty((len(docs), 0), dtype=np.uint64)
+    return DedupFeatures(repeated, keys, sigs)
+
+
+def join_features(parts: list[DedupFeatures]) -> DedupFeatures:
+    """The features of consecutive shards as those of one corpus (indices shifted).
+
+    Each part's signatures are released once copied, so that a corpus's signatures are held once.
+    """
+    repeated: dict[int, str] = {}
+    keys: list[int] = []
+    width = parts[0].signatures.shape[1] if parts else 0
+    sigs = np.empty((sum(len(p.signatures) for p in parts), width), dtype=np.uint64)
+    start = 0
+    for part in parts:
+        repeated.update((start + i, detail) for i, detail in part.repeated.items())
+        keys.extend(part.exact_keys)
+        sigs[start : start + len(part.signatures)] = part.signatures
+        start += len(part.signatures)
+        part.signatures = part.signatures[:0]
+    return DedupFeatures(repeated, keys, sigs)
+
+
+def resolve_duplicates(features: DedupFeatures, cfg: DedupConfig) -> dict[int, tuple[str, int | None, str]]:
+    """Global dedup over a corpus's features: ``{dropped index: (reason, kept index or None, detail)}``.
+
+    Repetition first, then exact copies, then near-duplicates among what is left; first occurrences are kept.
+    The signatures of the documents dropped before the near filter are overwritten with ``minhash.EMPTY``.
+    """
+    drops: dict[int, tuple[str, int | None, str]] = {i: (REPEATED_NGRAMS, None, d) for i, d in features.repeated.items()}
+    if cfg.exact:
+        first_with_key: dict[int, int] = {}
+        for i, key in enumerate(features.exact_keys):
+            if i in drops:
+                continue
+            original = first_with_key.setdefault(key, i)
+            if original != i:
+                drops[i] = (EXACT_DUPLICATE, original, "")
+    if cfg.near:
+        # A document already dropped must match nothing: an EMPTY signature never does, and overwriting
+        # the signatures in place spares a copy of all the others.
+        features.signatures[sorted(drops)] = minhash.EMPTY
+        bands, rows = cfg.lsh_params()
+        for dup, original in minhash.first_kept_duplicates(features.signatures, bands, rows, cfg.threshold).items():
+            drops[dup] = (NEAR_DUPLICATE, original, "")
+    return drops
+
+
 def deduplicate(docs: list[Document], cfg: DedupConfig) -> DedupResult:
     """Drop repetitive documents, then exact and near-duplicates; first occurrences are kept."""
+    check_unique_ids(docs)
+    drops = resolve_duplicates(dedup_features(docs, cfg), cfg)
+    dropped = [Drop(docs[i], reason, None if original is None else docs[original].id, detail)
+               for i, (reason, original, detail) in sorted(drops.items())]
+    return DedupResult(kept=[doc for i, doc in enumerate(docs) if i not in drops], dropped=dropped)
+
+
+def check_unique_ids(docs: list[Document]) -> None:
+    """Raise ValueError when two documents share an id: a drop must name its original unambiguously."""
     seen_ids: set[str] = set()
     for doc in docs:
         if doc.id in seen_ids:
             raise ValueError(f"dedup input has document id {doc.id!r} twice: ids must be unique so drops can name their original")
         seen_ids.add(doc.id)
-    drops: dict[int, Drop] = {}
-    tokens = minhash.tokenize([d.text for d in docs]) if cfg.repetition or cfg.near else None
-
-    if cfg.repetition:
-        assert tokens is not None
-        for i, detail in repetitive(tokens, cfg).items():
-            drops[i] = Drop(docs[i], REPEATED_NGRAMS, None, detail)
-
-    if cfg.exact:
-        first_with_key: dict[int, int] = {}
-        for i, doc in enumerate(docs):
-            if i in drops:
-                continue
-            key = xxhash.xxh3_128_intdigest(" ".join(doc.text.split()).casefold().encode())
-            original = first_with_key.setdefault(key, i)
-            if original != i:
-                drops[i] = Drop(doc, EXACT_DUPLICATE, docs[original].id)
-
-    if cfg.near:
-        assert tokens is not None
-        alive = np.array([i for i in range(len(docs)) if i not in drops], dtype=np.int64)
-        shingles, offsets = minhash.ngram_hashes(tokens.subset(alive), cfg.shingle_words, short_docs=True)
-        sigs = minhash.signatures(shingles, offsets, cfg.num_perm, cfg.seed)
-        bands, rows = cfg.lsh_params()
-        for dup, original in minhash.first_kept_duplicates(sigs, bands, rows, cfg.threshold).items():
-            i = int(alive[dup])
-            drops[i] = Drop(docs[i], NEAR_DUPLICATE, docs[int(alive[original])].id)
-
-    kept = [doc for i, doc in enumerate(docs) if i not in drops]
-    return DedupResult(kept=kept, dropped=[drops[i] for i in sorted(drops)])
 
 
 def repetition_stats(tokens: minhash.Tokens, top_ns: list[int], dup_ns: list[int]) -> dict[str, np.ndarray]:

@@ -3,9 +3,10 @@
 Each document gets the statistics in ``STAT_COLUMNS``. The per-document rules (``RULES``, in order)
 quarantine a document with the reason of the first rule it fails; ``failed_rules`` in its stats lists
 them all. Then Great Expectations validates the whole batch (the share of documents quarantined, the
-documents and words that pass, unique ids); the result names each expectation the batch broke, and
-the stage raises ``QualityGateError`` once it has kept the gate's report. The results JSON and the
-Data Docs HTML are written to ``report_dir``.
+documents and words that pass, unique ids) from one row of statistics per shard (``batch_frame``), so
+the gate never holds a row per document of the corpus; the result names each expectation the batch
+broke, and the stage raises ``QualityGateError`` once it has kept the gate's report. The results JSON
+and the Data Docs HTML are written to ``report_dir``.
 """
 
 from __future__ import annotations
@@ -134,15 +135,42 @@ def apply_rules(stats: pd.DataFrame, cfg: QualityConfig) -> pd.DataFrame:
     return out
 
 
+def batch_frame(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per shard, from its documents' statistics (``apply_rules``): what the batch expectations read.
+
+    ``quarantine_share`` is the shard's quarantined documents over the batch's documents, so the column
+    sums to the batch's share; ``duplicate_ids`` counts the shard's ids met before, in it or in an
+    earlier shard.
+    """
+    total = max(sum(len(f) for f in frames), 1)
+    seen: set[str] = set()
+    rows = []
+    for index, frame in enumerate(frames):
+        before = len(seen)
+        seen.update(frame["id"])
+        quarantined = int(frame["quarantined"].sum())
+        rows.append({
+            "shard": index,
+            "documents": len(frame),
+            "duplicate_ids": len(frame) - (len(seen) - before),
+            "quarantine_share": quarantined / total,
+            "kept": int(frame["kept"].sum()),
+            "kept_words": int(frame["kept_words"].sum()),
+        })
+    return pd.DataFrame(rows, columns=["shard", "documents", "duplicate_ids", "quarantine_share", "kept", "kept_words"])
+
+
 def batch_expectations(cfg: QualityConfig) -> list[Any]:
-    """The batch-level expectations; each names the config field that sets its bound."""
+    """The batch-level expectations over ``batch_frame``'s rows; each names the config field that sets its bound."""
     import great_expectations as gx
 
     exp = gx.expectations
     return [
-        exp.ExpectColumnValuesToBeUnique(column="id", meta={"config": "document ids must be unique"}),
-        exp.ExpectColumnMeanToBeBetween(
-            column="quarantined", min_value=0, max_value=cfg.max_quarantine_share,
+        exp.ExpectColumnSumToBeBetween(
+            column="duplicate_ids", min_value=0, max_value=0, meta={"config": "document ids must be unique"}
+        ),
+        exp.ExpectColumnSumToBeBetween(
+            column="quarantine_share", min_value=0, max_value=cfg.max_quarantine_share,
             meta={"config": "data.quality.max_quarantine_share"},
         ),
         exp.ExpectColumnSumToBeBetween(
@@ -154,8 +182,9 @@ def batch_expectations(cfg: QualityConfig) -> list[Any]:
     ]
 
 
-def validate_batch(frame: pd.DataFrame, cfg: QualityConfig, report_dir: Path) -> tuple[dict[str, Any], list[str]]:
-    """Run the batch expectations in a file-mode GX context under ``report_dir`` and build Data Docs.
+def validate_batch(per_shard: pd.DataFrame, cfg: QualityConfig, report_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """Run the batch expectations on ``per_shard`` (``batch_frame``) in a file-mode GX context under ``report_dir``
+    and build Data Docs.
 
     Returns the validation result as JSON and a description of each expectation that failed.
     """
@@ -183,8 +212,7 @@ def validate_batch(frame: pd.DataFrame, cfg: QualityConfig, report_dir: Path) ->
             result_format="SUMMARY",
         )
     )
-    columns = ["id", "source", *STAT_COLUMNS, "reason", "quarantined", "kept", "kept_words"]
-    run = checkpoint.run(batch_parameters={"dataframe": frame[columns]})
+    run = checkpoint.run(batch_parameters={"dataframe": per_shard})
     (result,) = run.run_results.values()
     results = result.to_json_dict()
     (report_dir / RESULTS_JSON).write_text(json.dumps(results, indent=2, sort_keys=True, default=str))
@@ -203,10 +231,12 @@ def _describe(r: Any) -> str:
     return f"{conf.type}({args}) observed {observed}" + (f" [{hint}]" if hint else "")
 
 
-def quality_gate(docs: list[Document], cfg: QualityConfig, report_dir: Path) -> QualityResult:
-    """Score every document, quarantine those failing a rule, validate the batch (``failures`` says how it broke)."""
+def apply_quality_rules(docs: list[Document], cfg: QualityConfig) -> tuple[pd.DataFrame, list[Document], list[Quarantined]]:
+    """Score every document and quarantine those failing a rule: ``(stats after apply_rules, kept, quarantined)``.
+
+    Per document, so it runs shard by shard; the batch expectations (``validate_batch``) need every shard's stats.
+    """
     frame = apply_rules(stats_frame(docs), cfg)
-    results, failures = validate_batch(frame, cfg, report_dir)
     kept, quarantined = [], []
     for doc, row in zip(docs, frame.to_dict("records"), strict=True):
         if not row["failed_rules"]:
@@ -216,6 +246,13 @@ def quality_gate(docs: list[Document], cfg: QualityConfig, report_dir: Path) -> 
                 Quarantined(doc.id, doc.source, row["reason"], detail=", ".join(row["failed_rules"]),
                             stats=row_stats(row))
             )
+    return frame, kept, quarantined
+
+
+def quality_gate(docs: list[Document], cfg: QualityConfig, report_dir: Path) -> QualityResult:
+    """Score every document, quarantine those failing a rule, validate the batch (``failures`` says how it broke)."""
+    frame, kept, quarantined = apply_quality_rules(docs, cfg)
+    results, failures = validate_batch(batch_frame([frame]), cfg, report_dir)
     return QualityResult(kept, quarantined, frame, results, failures)
 
 

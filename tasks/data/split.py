@@ -34,9 +34,9 @@ the order the documents come in.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,40 +85,91 @@ def record_id(doc: Document) -> str:
     return doc.id.rsplit("#", 1)[0]
 
 
-def _similar_pairs(sigs: np.ndarray, threshold: float) -> list[tuple[int, int]]:
-    """Row pairs ``(i, j)``, ``i < j``, whose share of equal signature values is at least ``threshold``.
+def _similar_pairs(column: Callable[[int], np.ndarray], threshold: float, order: np.ndarray) -> list[tuple[int, int]]:
+    """Row pairs ``(i, j)``, ``i < j``, whose share of equal signature values is at least ``threshold``, sorted.
+
+    ``column(c)`` is value c (of WORK_NUM_PERM) of every signature, rows taken in ``order``; a column at a
+    time, so that the signatures never need to be in memory together.
 
     Only rows that share a value in some column can qualify (LSH with one row per band over every
     permutation), so pairs are counted from each column's runs of equal values instead of all pairs.
+    Text shared by many records makes many pairs that share a value or two (tens of millions on a
+    200 MB corpus), so pairs are not all held at once: each pass counts, in numpy, the pairs whose
+    first row lies in one range of rows, and keeps those that reach the threshold.
     """
-    shared: Counter[tuple[int, int]] = Counter()
-    for column in sigs.T:
-        order = np.argsort(column, kind="stable")
-        values = column[order]
-        starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
-        ends = np.append(starts[1:], len(values))
-        # Most values are a single record's; only runs of two or more reach the Python loop. A
-        # record without shingles has EMPTY everywhere: it resembles nothing.
-        shared_run = (ends - starts > 1) & (values[starts] != minhash.EMPTY)
-        for lo, hi in zip(starts[shared_run].tolist(), ends[shared_run].tolist()):
-            shared.update(itertools.combinations(sorted(order[lo:hi].tolist()), 2))
-    needed = threshold * sigs.shape[1]
-    return sorted(pair for pair, count in shared.items() if count >= needed)
+    rows = len(order)
+    needed = threshold * WORK_NUM_PERM
+    columns = [_shared_runs(column(c)[order]) for c in range(WORK_NUM_PERM)]
+    total = sum(int(later.sum()) for _, later in columns)
+    passes = max(1, -(-total // _PAIRS_PER_PASS))
+    bounds = np.linspace(0, rows, passes + 1).astype(np.int64)
+    similar = []
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        codes = np.concatenate([np.empty(0, dtype=np.int64), *(_run_pairs(members, later, lo, hi, rows)
+                                                                 for members, later in columns)])
+        found, counts = np.unique(codes, return_counts=True)
+        similar.append(found[counts >= needed])
+    pairs = np.concatenate(similar)
+    return list(zip((pairs // max(rows, 1)).tolist(), (pairs % max(rows, 1)).tolist()))
 
 
-def work_groups(docs: list[Document], threshold: float) -> dict[str, str]:
-    """Record id -> key of its work (the smallest record id of the work); see the module docstring."""
-    records = sorted({record_id(d) for d in docs})
-    index = {r: i for i, r in enumerate(records)}
-    # A record's documents must be contiguous for one signature per record; their order within it
-    # does not matter, since a signature is a minimum over a set of shingles.
-    ordered = sorted(docs, key=lambda d: index[record_id(d)])
-    shingles, doc_offsets = minhash.ngram_hashes(
-        minhash.tokenize([d.text for d in ordered]), WORK_SHINGLE_WORDS, short_docs=True
-    )
-    docs_per_record = np.bincount([index[record_id(d)] for d in ordered], minlength=len(records))
-    record_offsets = doc_offsets[np.concatenate([[0], np.cumsum(docs_per_record)])]
-    sigs = minhash.signatures(shingles, record_offsets, WORK_NUM_PERM, WORK_SEED)
+# Pair codes (8 bytes each) counted at once by one pass of _similar_pairs.
+_PAIRS_PER_PASS = 2_000_000
+
+
+def _shared_runs(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``column``'s runs of two or more equal values, run after run with rows ascending within a
+    run, and for each how many rows of its run follow it."""
+    order = np.argsort(column, kind="stable")  # equal values keep row order: i < j within a run
+    values = column[order]
+    starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+    ends = np.append(starts[1:], len(values))
+    # A record without shingles has EMPTY everywhere: it resembles nothing.
+    shared = (ends - starts > 1) & (values[starts] != minhash.EMPTY)
+    starts, ends = starts[shared], ends[shared]
+    lengths = ends - starts
+    position = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
+    return order[position].astype(np.int32), (np.repeat(ends, lengths) - position - 1).astype(np.int32)
+
+
+def _run_pairs(members: np.ndarray, later: np.ndarray, lo: int, hi: int, rows: int) -> np.ndarray:
+    """Codes ``i * rows + j`` of the pairs ``i < j`` within a run (see ``_shared_runs``) with ``lo <= i < hi``."""
+    first = np.flatnonzero((members >= lo) & (members < hi) & (later > 0))
+    count = later[first]
+    left = np.repeat(first, count)
+    step = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    return members[left].astype(np.int64) * rows + members[left + 1 + step]
+
+
+def document_work_signatures(docs: list[Document]) -> np.ndarray:
+    """(D, WORK_NUM_PERM) MinHash signatures of each document's word 5-grams, for :func:`record_work_signatures`."""
+    shingles, offsets = minhash.ngram_hashes(minhash.tokenize([d.text for d in docs]), WORK_SHINGLE_WORDS, short_docs=True)
+    return minhash.signatures(shingles, offsets, WORK_NUM_PERM, WORK_SEED)
+
+
+def record_starts(records: list[str]) -> list[int]:
+    """Where each record's run starts in ``records`` (document i's record; a record's documents are contiguous)."""
+    return [i for i in range(len(records)) if i == 0 or records[i] != records[i - 1]]
+
+
+def record_work_signatures(records: list[str], doc_sigs: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """One signature per record from its documents' (``records[i]`` is document i's record; a record's
+    documents are contiguous): ``(distinct records in order, (R, WORK_NUM_PERM))``.
+
+    A signature is a minimum over a set of shingles, so a record's is the element-wise minimum of its
+    documents', and shards can sign their documents apart.
+    """
+    starts = record_starts(records)
+    if not starts:
+        return [], np.empty((0, WORK_NUM_PERM), dtype=np.uint64)
+    return [records[i] for i in starts], np.minimum.reduceat(doc_sigs, starts, axis=0)
+
+
+def group_works(records: list[str], column: Callable[[int], np.ndarray], threshold: float) -> dict[str, str]:
+    """Record id -> key of its work (the smallest record id of the work), from one signature per record:
+    ``column(c)`` is value c (of WORK_NUM_PERM) of every record's signature, in the order of ``records``."""
+    order = sorted(range(len(records)), key=records.__getitem__)
+    records = [records[i] for i in order]
     parent = list(range(len(records)))
 
     def root(i: int) -> int:
@@ -127,11 +178,19 @@ def work_groups(docs: list[Document], threshold: float) -> dict[str, str]:
             i = parent[i]
         return i
 
-    for i, j in _similar_pairs(sigs, threshold):
+    for i, j in _similar_pairs(column, threshold, np.asarray(order, dtype=np.int64)):
         a, b = root(i), root(j)
         # the smaller index is the root, so a work's root is its smallest record id
         parent[max(a, b)] = min(a, b)
     return {r: records[root(i)] for i, r in enumerate(records)}
+
+
+def work_groups(docs: list[Document], threshold: float) -> dict[str, str]:
+    """Record id -> key of its work (the smallest record id of the work); see the module docstring."""
+    # A record's documents must be contiguous for one signature per record.
+    ordered = sorted(docs, key=record_id)
+    records, sigs = record_work_signatures([record_id(d) for d in ordered], document_work_signatures(ordered))
+    return group_works(records, lambda c: sigs[:, c], threshold)
 
 
 def assign_groups(docs: list[Document], group_of: dict[str, str], cfg: SplitConfig) -> dict[str, str]:
@@ -187,8 +246,13 @@ def copies(doc_id: str, weight: float, salt: str) -> int:
     return whole + int(unit_hash(salt, "mix", doc_id) < weight - whole)
 
 
-def split_and_mix(docs: list[Document], cfg: SplitConfig, mixture: MixtureConfig) -> SplitResult:
-    """Assign every document to a split and apply the training mixture (see the module docstring)."""
+def split_and_mix(docs: list[Document], cfg: SplitConfig, mixture: MixtureConfig,
+                  work_of: dict[str, str] | None = None) -> SplitResult:
+    """Assign every document to a split and apply the training mixture (see the module docstring).
+
+    ``work_of`` (record id -> work key, from :func:`group_works`) is for documents given without their
+    text, whose works were found shard by shard; by default group_by=work finds them from the texts.
+    """
     sources = {d.source for d in docs}
     unknown = sorted(set(mixture.weights) - sources)
     if unknown:
@@ -197,7 +261,8 @@ def split_and_mix(docs: list[Document], cfg: SplitConfig, mixture: MixtureConfig
             f"its sources are {sorted(sources)}"
         )
     if cfg.group_by == "work":
-        work_of = work_groups(docs, cfg.group_threshold)
+        if work_of is None:
+            work_of = work_groups(docs, cfg.group_threshold)
         group_of = {d.id: work_of[record_id(d)] for d in docs}
         split_of_group = assign_groups(docs, group_of, cfg)
         split_of = {doc_id: split_of_group[group] for doc_id, group in group_of.items()}

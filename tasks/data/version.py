@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import Artifact
+from ladder.artifacts import Artifact, ArtifactRef
 from ladder.tags import DATASET, DATA_CACHED
 from ladder.tracking import flatten, stage_run
 from ladder.workspace import Workspace
@@ -168,26 +169,35 @@ def log_dataset(ws: Workspace, cfg: DataConfig, artifact: Artifact, md5: str, ca
         return run.info.run_id
 
 
-def summarize(artifact: Artifact, md5: str, cached: bool, run_id: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DataResult:
+    """The data flow's result: the dataset version it made, from which artifact, and what it kept and dropped."""
+
+    dataset_md5: str
+    """The DVC md5 of the curated dataset: the version every later stage is given."""
+    data: ArtifactRef
+    cached: bool
+    counts: dict[str, Any]
+    """Files read, documents kept and quarantined by reason, and each split's documents and words."""
+    data_docs: str
+    """The Great Expectations report (HTML) of the quality gate."""
+    mlflow_run_id: str
+
+
+def summarize(artifact: Artifact, md5: str, cached: bool, run_id: str) -> DataResult:
     """What the data flow returns: the dataset version and its counts by reason and split."""
-    return {
-        "dataset_md5": md5,
-        "artifact_version": artifact.version,
-        "cached": cached,
-        "counts": {"files": artifact.counts["files"], **artifact.counts["documents"]},
-        "data_docs": str(data_docs(artifact)),
-        "mlflow_run_id": run_id,
-    }
+    counts = {"files": artifact.counts["files"], **artifact.counts["documents"]}
+    return DataResult(md5, artifact.ref, cached, counts, str(data_docs(artifact)), run_id)
 
 
-def summary_markdown(summary: dict[str, Any]) -> str:
+def summary_markdown(summary: DataResult) -> str:
     """The summary as a Markdown report: version, counts by reason and split, links to the quality report."""
-    counts = summary["counts"]
+    counts = summary.counts
     lines = [
         "# Data stage",
         "",
-        f"- dataset version (DVC md5): `{summary['dataset_md5']}`",
-        f"- artifact version: `{summary['artifact_version']}` ({'cache hit' if summary['cached'] else 'built'})",
+        f"- dataset version (DVC md5): `{summary.dataset_md5}`",
+        f"- artifact version: `{summary.data.version}` ({'cache hit' if summary.cached else 'built'})",
         f"- files: {counts['files']['total']} ({counts['files']['read']} read)",
         f"- documents: {counts['total']} in, {counts['kept']} kept",
         "",
@@ -199,18 +209,18 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "|---|---|---|",
         *(f"| {name} | {s['documents']} | {s['words']} |" for name, s in counts["splits"].items()),
         "",
-        f"Great Expectations Data Docs: [{summary['data_docs']}]({Path(summary['data_docs']).as_uri()}), "
-        f"also under `data_docs/` in MLflow run `{summary['mlflow_run_id']}`.",
+        f"Great Expectations Data Docs: [{summary.data_docs}]({Path(summary.data_docs).as_uri()}), "
+        f"also under `data_docs/` in MLflow run `{summary.mlflow_run_id}`.",
     ]
     return "\n".join(lines)
 
 
 @task(name="data-publish", cache_policy=NO_CACHE)
-def publish_summary(summary: dict[str, Any]) -> None:
+def publish_summary(summary: DataResult) -> None:
     """Prefect artifacts: the Markdown summary and a table of counts by quarantine reason."""
     create_markdown_artifact(key="data-summary", markdown=summary_markdown(summary), description="Data stage summary")
-    table = [{"reason": "kept", "documents": summary["counts"]["kept"]}]
-    table += [{"reason": r, "documents": n} for r, n in summary["counts"]["quarantined"].items()]
+    table = [{"reason": "kept", "documents": summary.counts["kept"]}]
+    table += [{"reason": r, "documents": n} for r, n in summary.counts["quarantined"].items()]
     create_table_artifact(
         key="data-counts-by-reason", table=table, description="Documents kept and quarantined by reason"
     )

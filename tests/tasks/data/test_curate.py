@@ -23,7 +23,8 @@ from tasks.evals.contamination import build_index, overlaps
 def built(example_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("data-artifact")
     files = example_inputs(example_root)
-    output = build_dataset(out, files, DataConfig(), corpus="example")
+    # in process: test_shard.py shows a Dask cluster gives the same bytes
+    output = build_dataset(out, files, DataConfig.model_validate({"dask": {"workers": 0}}), corpus="example")
     quarantine = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
     kept = {d.id for split in SPLITS for d in iter_split(out, split)}
     return {"files": files, "counts": output.counts, "quarantine": quarantine, "kept": kept, "out": out}
@@ -98,7 +99,7 @@ def test_held_out_documents_share_almost_no_13_gram_with_train(built: dict[str, 
 
 def test_a_failed_quality_gate_keeps_its_report_where_the_error_says(bad_corpus, tmp_path: Path) -> None:
     ws = Workspace(tmp_path / "ws")
-    cfg = DataConfig.model_validate({"quality": {"min_kept_documents": 100_000}})
+    cfg = DataConfig.model_validate({"quality": {"min_kept_documents": 100_000}, "dask": {"workers": 0}})
     with pytest.raises(QualityGateError, match=r"data\.quality\.min_kept_documents") as err:
         curate.fn(ws, cfg, discover_files(bad_corpus.root), corpus="test")
 

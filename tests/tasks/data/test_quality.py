@@ -8,7 +8,7 @@ from tasks.data.corpus import example_inputs
 from tasks.data.document import Document
 from tasks.data.ingest import ingest
 from tasks.data.normalize import normalize
-from tasks.data.quality import DATA_DOCS_INDEX, RESULTS_JSON, document_stats, quality_gate
+from tasks.data.quality import DATA_DOCS_INDEX, RESULTS_JSON, apply_rules, batch_frame, document_stats, quality_gate, stats_frame
 
 PROSE = " ".join(["The quick brown fox jumps over the lazy dog near the quiet river bank."] * 10)
 
@@ -58,7 +58,7 @@ def test_a_batch_breaking_an_expectation_is_reported_naming_it(tmp_path: Path) -
     cfg = QualityConfig(max_quarantine_share=0.1, min_kept_documents=1, min_kept_words=1)
     result = quality_gate(docs, cfg, tmp_path)
     (failure,) = result.failures
-    assert "expect_column_mean_to_be_between" in failure and "data.quality.max_quarantine_share" in failure
+    assert "expect_column_sum_to_be_between" in failure and "data.quality.max_quarantine_share" in failure
     assert "observed 0.25" in failure
     assert result.results["success"] is False
     assert (tmp_path / DATA_DOCS_INDEX).exists()  # the report of a failed batch is written too
@@ -71,5 +71,16 @@ def test_results_json_and_data_docs_are_written(tmp_path: Path) -> None:
     assert result.results["success"] is True and result.failures == []
     saved = json.loads((tmp_path / RESULTS_JSON).read_text())
     types = {r["expectation_config"]["type"] for r in saved["results"]}
-    assert {"expect_column_values_to_be_unique", "expect_column_sum_to_be_between"} <= types
+    assert types == {"expect_column_sum_to_be_between"}
+    assert {r["expectation_config"]["kwargs"]["column"] for r in saved["results"]} == {
+        "duplicate_ids", "quarantine_share", "kept", "kept_words"}
     assert "<html" in (tmp_path / DATA_DOCS_INDEX).read_text().lower()
+
+
+def test_the_batch_rows_are_per_shard_and_see_an_id_repeated_across_shards() -> None:
+    cfg = QualityConfig()
+    shards = [[Document("a", "s", PROSE), Document("x", "s", "tiny")], [Document("a", "s", PROSE), Document("b", "s", PROSE)]]
+    batch = batch_frame([apply_rules(stats_frame(docs), cfg) for docs in shards])
+    assert batch["duplicate_ids"].tolist() == [0, 1]
+    assert batch["quarantine_share"].sum() == pytest.approx(1 / 4)
+    assert batch["kept"].tolist() == [1, 2] and batch["documents"].tolist() == [2, 2]

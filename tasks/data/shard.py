@@ -1,0 +1,226 @@
+"""The data stage's per-shard work and where it runs: in this process or on Dask, through Prefect.
+
+A shard is a run of consecutive input files of about ``data.dask.shard_bytes``. Each shard is read,
+normalized, scored by the quality rules and given its dedup features and work signatures on its own,
+with memory bounded by the shard: the documents that pass the rules are written to the shard's own
+file under a scratch directory, and the driver gets back only what the global steps need (statistics,
+quarantine entries, dedup features, documents without their text). Shards are fixed by the file list
+alone, never by the number of workers, and every per-shard result depends only on the shard's files,
+so any cluster gives the same dataset, byte for byte. A shard lost with its worker is computed again
+by Dask and written again under the same name.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task, unmapped
+from prefect.cache_policies import NO_CACHE
+
+from tasks.data.config import DaskConfig, DataConfig
+from tasks.data.corpus import InputFile
+from tasks.data.dedup import DedupFeatures, dedup_features
+from tasks.data.document import Document
+from tasks.data.ingest import Quarantined, ingest
+from tasks.data.normalize import normalize
+from tasks.data.quality import apply_quality_rules
+from tasks.data.split import document_work_signatures, record_id, record_starts
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Consecutive input files processed together; ``index`` orders shards as the files are ordered."""
+
+    index: int
+    files: list[InputFile]
+
+
+@dataclass
+class ShardResult:
+    """What the global steps need of one shard; the kept documents' text stays in ``docs_path``."""
+
+    index: int
+    files: dict[str, Any]  # ingest's per-file counts
+    quarantined: dict[str, list[Quarantined]]  # step (ingest, normalize, quality) -> entries in corpus order
+    normalize_metrics: dict[str, int]
+    stats: pd.DataFrame  # every document's statistics and rule verdicts (quality.apply_rules)
+    kept: list[Document]  # the documents that passed the rules, in order, with empty text
+    line_offsets: np.ndarray  # (K + 1,) byte offsets of kept[i]'s JSON line in docs_path
+    dedup: DedupFeatures  # of ``kept``
+    docs_path: Path
+    records: list[str]  # the record of each of ``kept`` (split.group_by=work; empty otherwise)
+    work_sigs_path: Path | None  # .npy of (WORK_NUM_PERM, K) work signatures of ``kept`` (split.group_by=work)
+
+
+def _file_bytes(f: InputFile) -> int:
+    """Size on disk for planning; 0 for an entry that will be quarantined without being read."""
+    if f.rejected:
+        return 0
+    try:
+        return os.lstat(f.root / (f.target or f.rel)).st_size
+    except OSError:
+        return 0  # ingest quarantines it as unreadable
+
+
+def plan_shards(files: list[InputFile], shard_bytes: int) -> list[Shard]:
+    """Files in corpus order cut into shards of at most ``shard_bytes`` (a larger file alone); never empty."""
+    groups: list[list[InputFile]] = [[]]
+    size = 0
+    for f in files:
+        n = _file_bytes(f)
+        if groups[-1] and size + n > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(f)
+        size += n
+    return [Shard(i, group) for i, group in enumerate(groups)]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    # A shard recomputed after its worker died rewrites the same name; readers never see half a file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def process_shard(shard: Shard, cfg: DataConfig, scratch: Path) -> ShardResult:
+    """Ingest, normalize, quality rules, dedup features and work signatures of one shard (see the module docstring)."""
+    ingested = ingest(shard.files, cfg.input)
+    normalized = normalize(ingested.records, cfg.normalize)
+    del ingested.records  # the raw texts are the documents' again: hold one copy of the shard's text
+    stats, kept, failed = apply_quality_rules(normalized.documents, cfg.quality)
+    del normalized.documents
+    lines = [(d.to_json() + "\n").encode("utf-8") for d in kept]
+    offsets = np.concatenate([[0], np.cumsum([len(line) for line in lines], dtype=np.int64)])
+    docs_path = scratch / f"shard-{shard.index:05d}.jsonl"
+    _write_atomic(docs_path, b"".join(lines))
+    del lines
+    features = dedup_features(kept, cfg.dedup)
+    records: list[str] = []
+    sigs_path = None
+    if cfg.split.group_by == "work":
+        sigs_path = scratch / f"shard-{shard.index:05d}.work.npy"
+        # transposed, so that one permutation of every document is one contiguous read (WorkSignatures)
+        _write_atomic(sigs_path, _npy_bytes(np.ascontiguousarray(document_work_signatures(kept).T)))
+        records = [record_id(d) for d in kept]
+    return ShardResult(
+        index=shard.index,
+        files=ingested.files,
+        quarantined={"ingest": ingested.quarantined, "normalize": normalized.quarantined, "quality": failed},
+        normalize_metrics=normalized.metrics,
+        stats=stats,
+        kept=[replace(d, text="") for d in kept],
+        line_offsets=offsets,
+        dedup=features,
+        docs_path=docs_path,
+        records=records,
+        work_sigs_path=sigs_path,
+    )
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@dataclass
+class WorkSignatures:
+    """The work signatures of the records of one shard, from its documents that survived dedup, read from
+    disk one permutation at a time, so that a corpus's signatures are never all in memory."""
+
+    path: Path
+    survivors: np.ndarray  # indices into the shard's kept documents
+    starts: np.ndarray  # where each record's documents start among the survivors
+    records: list[str]
+
+    def column(self, c: int) -> np.ndarray:
+        """Value c of every record's signature: the minimum over the record's documents."""
+        if not len(self.survivors):
+            return np.empty(0, dtype=np.uint64)
+        return np.minimum.reduceat(np.load(self.path, mmap_mode="r")[c][self.survivors], self.starts)
+
+
+def work_signatures(result: ShardResult, dropped: set[int]) -> WorkSignatures:
+    """The shard's records' work signatures; ``dropped`` holds indices into ``result.kept`` (a record whose
+    documents were all dropped has none)."""
+    assert result.work_sigs_path is not None, "work signatures are written only for split.group_by=work"
+    survivors = [i for i in range(len(result.kept)) if i not in dropped]
+    records = [result.records[i] for i in survivors]
+    starts = record_starts(records)
+    return WorkSignatures(result.work_sigs_path, np.asarray(survivors, dtype=np.int64),
+                          np.asarray(starts, dtype=np.int64), [records[i] for i in starts])
+
+
+def read_line(result: ShardResult, index: int, fh: Any) -> bytes:
+    """The JSON line (with its newline) of ``result.kept[index]``, from ``fh`` open on ``result.docs_path``."""
+    start, end = int(result.line_offsets[index]), int(result.line_offsets[index + 1])
+    fh.seek(start)
+    return fh.read(end - start)
+
+
+@task(name="data-shard", cache_policy=NO_CACHE)  # the stage's artifact is the cache
+def shard_task(shard: Shard, cfg: DataConfig, scratch: Path) -> ShardResult:
+    """One shard's work as a Prefect task, so that a task runner can place it (see ``run_shards``)."""
+    return process_shard(shard, cfg, scratch)
+
+
+def local_workers(cfg: DaskConfig, shards: int) -> int:
+    """Worker processes of the local cluster to start; 0 runs every shard in this process."""
+    if cfg.workers is not None:
+        return cfg.workers
+    workers = min(os.cpu_count() or 1, shards)
+    return workers if workers > 1 else 0
+
+
+def run_shards(shards: list[Shard], cfg: DataConfig, scratch: Path) -> list[ShardResult]:
+    """Every shard's result, in shard order: on the cluster at ``data.dask.address``, on a local cluster,
+    or in this process (see ``DaskConfig``). Dask runs the shard tasks through Prefect's ``DaskTaskRunner``,
+    so each is a Prefect task run, and it recomputes the shards of a worker that dies.
+    """
+    workers = local_workers(cfg.dask, len(shards))
+    if cfg.dask.address is None and workers == 0:
+        return [process_shard(shard, cfg, scratch) for shard in shards]
+    from prefect.client.orchestration import get_client
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.dask.address is not None:
+        runner = DaskTaskRunner(address=cfg.dask.address)
+    else:
+        # Workers report their task runs to this process's API; without it each would start a temporary
+        # server of its own (seconds each) whose records vanish with it.
+        with get_client(sync_client=True) as client:
+            env = {"PREFECT_API_URL": str(client.api_url)}
+        runner = DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            # Processes, one thread each: tokenizing and hashing hold the GIL.
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                            "dashboard_address": None, "env": env},
+        )
+    with runner:
+        futures = list(runner.map(shard_task, {"shard": shards, "cfg": unmapped(cfg), "scratch": unmapped(scratch)}))
+        futures.reverse()
+        results = []
+        while futures:
+            # Dropping a future once its result is here lets its worker free the result's copy.
+            results.append(futures.pop().result())
+        return results
+
+
+def merge_file_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ingest's per-file counts of every shard as those of one corpus."""
+    reasons: Counter[str] = Counter()
+    for part in parts:
+        reasons.update(part["quarantined"])
+    return {
+        "total": sum(p["total"] for p in parts),
+        "read": sum(p["read"] for p in parts),
+        "quarantined": dict(sorted(reasons.items())),
+    }

