@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from ladder.config import Section
@@ -66,3 +68,50 @@ class ScalingFitConfig(Section):
         description="The target run passes the gate if its loss is within this relative error of the "
         "prediction, even when outside the interval.",
     )
+    repeat_decay: float = Field(
+        default=15.4,
+        gt=0,
+        description="R_D* of the data-constrained law (Muennighoff et al. 2023, fitted 15.4): when a rung or the "
+        "target sees the train split more than once, tokens are counted as effective data D' that decays with "
+        "repetition. A ladder of a few tiny rungs cannot fit this constant itself, so the paper's is used.",
+    )
+    max_epochs: float = Field(
+        default=4.0,
+        ge=1,
+        description="Epochs over the train split beyond which a prediction is marked outside the law's validity: "
+        "Muennighoff et al. found up to 4 epochs nearly as good as new data; past that the decay constant, "
+        "taken from their models, decides the prediction, and nothing in this ladder checks it.",
+    )
+    e_floor_share: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="E below this share of the lowest observed loss is at its bound (0) and reported unidentified: "
+        "points that never bend toward a floor let the fit drive E to zero and the exponents absorb it.",
+    )
+    exponent_range: tuple[float, float] = Field(
+        default=(0.02, 2.0),
+        description="alpha or beta at or beyond either end is reported unidentified: near 0 its term is a constant "
+        "the fit cannot tell from E; above 2 (the end of Chinchilla's start grid) no published ladder has gone.",
+    )
+    max_interval_share: float = Field(
+        default=1.0,
+        gt=0,
+        description="A parameter whose bootstrap interval is wider than this share of its value is reported "
+        "unidentified: the points leave it free, whatever value the best start happened to reach.",
+    )
+    limits_policy: Literal["widen", "refuse"] = Field(
+        default="widen",
+        description="What the target gate does with a prediction outside the law's validity or resting on "
+        "unidentified parameters: widen its interval and tolerance by widen_factor, or refuse to pass the run.",
+    )
+    widen_factor: float = Field(
+        default=2.0, ge=1, description="limits_policy=widen: factor on the interval's half-widths and on the tolerance."
+    )
+
+    @field_validator("exponent_range")
+    @classmethod
+    def _ordered(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= bounds[0] < bounds[1]:
+            raise ValueError(f"exponent_range needs 0 <= low < high, got {bounds}")
+        return bounds

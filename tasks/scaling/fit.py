@@ -14,6 +14,17 @@ loss nearly L1, so a few bad points (a noisy evaluation) do not drag the fit.
 From the fit follow the compute-optimal frontier for C = 6 N D, bootstrap intervals, a
 self-check that predicts the largest rung from the others, and the gate that compares the
 target run with its prediction.
+
+Two limits are stated rather than hidden. Repeated data: Chinchilla's law counts every token as
+new; when a run sees its train split more than once, D is replaced by the effective data of
+Muennighoff et al. 2023 ("Scaling Data-Constrained Language Models", arXiv 2305.16264, eq. 5),
+
+    D' = U + U R* (1 - exp(-R / R*)),   R = D / U - 1,
+
+with U the unique tokens and R* the decay constant (their fit: 15.4; they also found up to 4
+epochs nearly as good as new data). Identifiability: a parameter the points cannot pin down (E
+driven to its bound 0, an exponent at the edge of its range, a bootstrap interval wider than a
+set share of its value) is named as unidentified instead of reported as fitted.
 """
 
 from __future__ import annotations
@@ -330,6 +341,66 @@ def bootstrap(
     )
 
 
+def epochs(n_tokens: ArrayLike, unique_tokens: float) -> NDArray[np.float64] | float:
+    """Passes over the train split that ``n_tokens`` take, ``D / U``."""
+    if not unique_tokens > 0:
+        raise ValueError(f"the train split's unique tokens must be positive, got {unique_tokens!r}")
+    ratio = np.asarray(n_tokens, dtype=np.float64) / unique_tokens
+    return float(ratio) if ratio.ndim == 0 else ratio
+
+
+def effective_tokens(n_tokens: ArrayLike, unique_tokens: float, repeat_decay: float) -> NDArray[np.float64] | float:
+    """Muennighoff et al. 2023, eq. 5: D' = U + U R* (1 - exp(-R/R*)) with R = D/U - 1 repetitions.
+
+    Equal to D up to one epoch; each further epoch is worth less, and D' never exceeds U (1 + R*).
+    """
+    if not repeat_decay > 0:
+        raise ValueError(f"the repetition decay constant R* must be positive, got {repeat_decay!r}")
+    d = np.asarray(n_tokens, dtype=np.float64)
+    repeats = np.maximum(np.asarray(epochs(d, unique_tokens)) - 1, 0.0)
+    effective = np.where(
+        repeats > 0, unique_tokens * (1 + repeat_decay * -np.expm1(-repeats / repeat_decay)), d
+    )
+    return float(effective) if effective.ndim == 0 else effective
+
+
+def unidentified(
+    fit: ScalingFit,
+    intervals: Intervals,
+    min_loss: float,
+    *,
+    e_floor_share: float,
+    exponent_range: tuple[float, float],
+    max_interval_share: float,
+) -> dict[str, str]:
+    """The parameters the points leave undetermined, each with the reason; empty when all are identified.
+
+    E is at its bound when it is below ``e_floor_share`` of the lowest observed loss ``min_loss``
+    (the log-space fit cannot reach 0, so it runs toward it); an exponent at or beyond
+    ``exponent_range``'s ends is at the edge the fit can tell apart; any parameter whose bootstrap
+    interval is wider than ``max_interval_share`` of its value is free within the points' noise.
+    """
+    reasons: dict[str, str] = {}
+    if fit.E < e_floor_share * min_loss:
+        reasons["E"] = (
+            f"at its bound: E = {fit.E:.3g} is below {e_floor_share:.0%} of the lowest loss {min_loss:.4g}, "
+            "the points do not bend toward a floor"
+        )
+    low_edge, high_edge = exponent_range
+    for name in ("alpha", "beta"):
+        value = getattr(fit, name)
+        if not low_edge < value < high_edge:
+            reasons[name] = f"at the edge of its range: {name} = {value:.3g} is outside ({low_edge:g}, {high_edge:g})"
+    for name, (low, high) in intervals.params().items():
+        value = fit.params()[name]
+        if name not in reasons and high - low > max_interval_share * abs(value):
+            reasons[name] = (
+                f"its {intervals.confidence:.0%} bootstrap interval [{low:.3g}, {high:.3g}] is wider than "
+                f"{max_interval_share:.0%} of its value {value:.3g}"
+            )
+    return reasons
+
+
 class ComputeOptimal(NamedTuple):
     """The compute-optimal model size, token count and the loss the law expects there."""
 
@@ -437,14 +508,22 @@ def holdout_check(
 
 @dataclass(frozen=True)
 class Prediction:
-    """The law's loss at (N, D) with its bootstrap interval."""
+    """The law's loss at (N, D) with its bootstrap interval, and what limits its validity."""
 
     n_params: float
-    n_tokens: float
+    n_tokens: float  # tokens the run sees
     loss: float
     low: float
     high: float
     confidence: float
+    effective_tokens: float  # D' the law was evaluated at: n_tokens unless the data repeats
+    epochs: float | None = None  # passes over the train split, when its size is known
+    limits: tuple[str, ...] = ()  # why the prediction is outside the law's validity or rests on unidentified parameters
+
+    @property
+    def repeated(self) -> bool:
+        """Whether the run sees some of its data more than once."""
+        return self.epochs is not None and self.epochs > 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values, for MLflow and the ladder's summary."""
@@ -455,22 +534,77 @@ class Prediction:
             "low": self.low,
             "high": self.high,
             "confidence": self.confidence,
+            "effective_tokens": self.effective_tokens,
+            "epochs": self.epochs,
+            "limits": list(self.limits),
         }
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Prediction:
+        """The prediction :meth:`to_dict` wrote."""
+        return cls(**{**raw, "limits": tuple(raw["limits"])})
 
-def predict(fit: ScalingFit, n_params: float, n_tokens: float, intervals: Intervals) -> Prediction:
-    """The fitted loss at one (N, D), with the interval the bootstrap refits give there."""
+
+def predict(
+    fit: ScalingFit,
+    n_params: float,
+    n_tokens: float,
+    intervals: Intervals,
+    *,
+    unique_tokens: float | None = None,
+    repeat_decay: float | None = None,
+    limits: tuple[str, ...] = (),
+) -> Prediction:
+    """The fitted loss at one (N, D), with the interval the bootstrap refits give there.
+
+    With the train split's ``unique_tokens`` (and the decay constant ``repeat_decay``) the law is
+    evaluated at the effective data D' (``effective_tokens``), as it must be when the fit's
+    points were; ``limits`` are carried.
+    """
     if not (n_params > 0 and n_tokens > 0):
         raise ValueError(f"N and D of the prediction must be positive, got N={n_params!r}, D={n_tokens!r}")
-    low, high = intervals.loss(n_params, n_tokens)
+    if (unique_tokens is None) != (repeat_decay is None):
+        raise ValueError("effective data needs both the unique tokens and the repetition decay constant, or neither")
+    if unique_tokens is None or repeat_decay is None:
+        effective, passes = float(n_tokens), None
+    else:
+        effective, passes = float(effective_tokens(n_tokens, unique_tokens, repeat_decay)), float(epochs(n_tokens, unique_tokens))
+    low, high = intervals.loss(n_params, effective)
     return Prediction(
         n_params=float(n_params),
         n_tokens=float(n_tokens),
-        loss=float(fit.loss(n_params, n_tokens)),
+        loss=float(fit.loss(n_params, effective)),
         low=float(low),
         high=float(high),
         confidence=intervals.confidence,
+        effective_tokens=effective,
+        epochs=passes,
+        limits=tuple(limits),
     )
+
+
+@dataclass(frozen=True)
+class FidelityRow:
+    """One prediction the ladder made, against what the run it predicted measured (``None`` until it has)."""
+
+    name: str
+    prediction: Prediction
+    actual: float | None = None
+
+    @property
+    def rel_error(self) -> float | None:
+        """actual / predicted - 1: positive when the run did worse than predicted."""
+        return None if self.actual is None else self.actual / self.prediction.loss - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values, for the fidelity artifact."""
+        return {"name": self.name, **self.prediction.to_dict(), "actual": self.actual, "rel_error": self.rel_error}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FidelityRow:
+        """The row :meth:`to_dict` wrote."""
+        prediction = {k: v for k, v in raw.items() if k not in ("name", "actual", "rel_error")}
+        return cls(raw["name"], Prediction.from_dict(prediction), raw["actual"])
 
 
 @dataclass(frozen=True)
@@ -486,25 +620,46 @@ class GateDecision:
         return {"passed": self.passed, "reasons": list(self.reasons), "rel_error": self.rel_error}
 
 
-def gate(prediction: Prediction, actual: float, rel_tolerance: float) -> GateDecision:
+def gate(
+    prediction: Prediction,
+    actual: float,
+    rel_tolerance: float,
+    *,
+    limits_policy: str = "widen",
+    widen_factor: float = 2.0,
+) -> GateDecision:
     """Pass when the actual loss is inside the prediction's interval or within ``rel_tolerance``.
 
-    A non-finite actual loss (a diverged run) fails the gate. Each reason names the numbers so
-    a reader of the summary can see by how much the run missed.
+    A prediction with ``limits`` (outside the law's validity, or resting on unidentified
+    parameters) is held to an interval and tolerance ``widen_factor`` times wider under
+    ``limits_policy="widen"``, and never passes under ``"refuse"``. A non-finite actual loss (a
+    diverged run) fails the gate. Each reason names the numbers so a reader of the summary can
+    see by how much the run missed.
     """
     if rel_tolerance < 0:
         raise ValueError(f"rel_tolerance must be non-negative, got {rel_tolerance}")
+    if limits_policy not in ("widen", "refuse"):
+        raise ValueError(f"limits_policy must be 'widen' or 'refuse', got {limits_policy!r}")
     if not np.isfinite(actual):
         return GateDecision(False, [f"actual loss is {actual}: the target run diverged or was not evaluated"], float("nan"))
     if actual <= 0:
         raise ValueError(f"actual loss must be positive, got {actual}: pass the target run's validation loss")
     rel_error = actual / prediction.loss - 1
-    interval = f"{prediction.confidence:.0%} interval [{prediction.low:.4f}, {prediction.high:.4f}]"
-    inside = prediction.low <= actual <= prediction.high
-    close = abs(rel_error) <= rel_tolerance
+    factor = widen_factor if prediction.limits and limits_policy == "widen" else 1.0
+    low = prediction.loss - factor * (prediction.loss - prediction.low)
+    high = prediction.loss + factor * (prediction.high - prediction.loss)
+    tolerance = factor * rel_tolerance
+    widened = f" (widened x{factor:g})" if factor != 1 else ""
+    interval = f"{prediction.confidence:.0%} interval{widened} [{low:.4f}, {high:.4f}]"
+    inside = low <= actual <= high
+    close = abs(rel_error) <= tolerance
     reasons = [
         f"actual loss {actual:.4f} is {'inside' if inside else 'outside'} the {interval} "
         f"of the predicted {prediction.loss:.4f}",
-        f"relative error {rel_error:+.2%} is {'within' if close else 'beyond'} the tolerance {rel_tolerance:.2%}",
+        f"relative error {rel_error:+.2%} is {'within' if close else 'beyond'} the tolerance{widened} {tolerance:.2%}",
     ]
-    return GateDecision(inside or close, reasons, float(rel_error))
+    refused = bool(prediction.limits) and limits_policy == "refuse"
+    if prediction.limits:
+        action = "refuses to pass it" if refused else f"widens the interval and tolerance x{factor:g}"
+        reasons.append(f"the prediction has limits ({'; '.join(prediction.limits)}): scaling.fit.limits_policy={limits_policy} {action}")
+    return GateDecision((inside or close) and not refused, reasons, float(rel_error))

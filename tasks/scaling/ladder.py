@@ -116,6 +116,15 @@ def target(train: TrainConfig, shards: PackedShards) -> tuple[float, float]:
     return float(n_params), float(resolved.total_steps(shards.seq_len) * tokens_per_step(resolved, shards.seq_len))
 
 
+def unique_tokens(shards: PackedShards) -> float:
+    """One pass over the train split in the unit D is counted in: its packed rows times their length.
+
+    D counts every position of every sequence trained on (padding included, a few per mille),
+    so an epoch is the split's rows, not its non-padding tokens.
+    """
+    return float(len(shards) * shards.seq_len)
+
+
 def rung_points(rung: int, cfg: TrainConfig, metrics_file: Path, seq_len: int, min_tokens: float) -> list[Point]:
     """The rung's validation evaluations from its ``metrics.jsonl``, past ``min_tokens``.
 

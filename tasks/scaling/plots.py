@@ -15,6 +15,7 @@ from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullLocator
 from numpy.typing import ArrayLike
 
 from tasks.scaling.fit import (
+    FidelityRow,
     GateDecision,
     HoldoutCheck,
     Intervals,
@@ -127,9 +128,13 @@ def summary_markdown(
     prediction: Prediction | None = None,
     decision: GateDecision | None = None,
     actual: float | None = None,
+    unidentified: dict[str, str] | None = None,
 ) -> str:
     """The fit's parameters with intervals, goodness of fit, convergence, the self-check, and the
-    target's prediction and gate when known, as markdown for a Prefect artifact or the CLI."""
+    target's prediction and gate when known, as markdown for a Prefect artifact or the CLI.
+
+    A parameter in ``unidentified`` shows as such, with the reason, instead of as a fitted value."""
+    unidentified = unidentified or {}
     bounds = intervals.params()
     level = f"{intervals.confidence:.0%}"
     lines = [
@@ -143,7 +148,8 @@ def summary_markdown(
     ]
     for name, value in fit.params().items():
         low, high = bounds[name]
-        lines.append(f"| {name} | {value:.4g} | [{low:.4g}, {high:.4g}] |")
+        shown = f"unidentified ({unidentified[name]})" if name in unidentified else f"{value:.4g}"
+        lines.append(f"| {name} | {shown} | [{low:.4g}, {high:.4g}] |")
     exp_n, exp_d = frontier_exponents(fit)
     lines += [
         "",
@@ -172,7 +178,41 @@ def summary_markdown(
             f"N = {prediction.n_params:.4g}, D = {prediction.n_tokens:.4g}: predicted loss {prediction.loss:.4f} "
             f"({level} interval [{prediction.low:.4f}, {prediction.high:.4f}]){actual_text}",
         ]
+        if prediction.epochs is not None:
+            lines.append(
+                f"- data: {prediction.epochs:.2f} epochs over the train split"
+                + (f", evaluated at effective data D' = {prediction.effective_tokens:.4g}" if prediction.repeated else "")
+            )
+        lines += [f"- **limit**: {limit}" for limit in prediction.limits]
     if decision is not None:
         lines += ["", f"**Gate: {'PASSED' if decision.passed else 'FAILED'}**", ""]
         lines += [f"- {reason}" for reason in decision.reasons]
     return "\n".join(lines) + "\n"
+
+
+def fidelity_line(row: FidelityRow) -> str:
+    """One prediction in a line for the pipeline's summary: predicted, interval, actual, error, epochs."""
+    p = row.prediction
+    actual = "pending" if row.actual is None else f"actual {row.actual:.4f} ({row.rel_error:+.2%})"
+    epochs = "" if p.epochs is None else f", {p.epochs:.1f} epochs"
+    limits = f", {len(p.limits)} limit(s)" if p.limits else ""
+    return f"{row.name}: predicted {p.loss:.4f} [{p.low:.4f}, {p.high:.4f}], {actual}{epochs}{limits}"
+
+
+def fidelity_markdown(rows: list[FidelityRow]) -> str:
+    """The ladder's fidelity table: each prediction, its interval, the actual, the error, whether data repeated."""
+    lines = [
+        "| prediction | N | D | predicted | interval | actual | error | data repeated | limits |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        p = row.prediction
+        actual = "pending" if row.actual is None else f"{row.actual:.4f}"
+        error = "" if row.rel_error is None else f"{row.rel_error:+.2%}"
+        repeated = "unknown" if p.epochs is None else (f"yes, {p.epochs:.1f} epochs" if p.repeated else f"no ({p.epochs:.2f} epochs)")
+        lines.append(
+            f"| {row.name} | {p.n_params:.4g} | {p.n_tokens:.4g} | {p.loss:.4f} | [{p.low:.4f}, {p.high:.4f}] | "
+            f"{actual} | {error} | {repeated} | {len(p.limits) or 'none'} |"
+        )
+    lines += [""] + [f"- {row.name}: {limit}" for row in rows for limit in row.prediction.limits]
+    return "\n".join(lines).rstrip() + "\n"

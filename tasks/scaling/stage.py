@@ -1,7 +1,9 @@
 """The scaling stage: train the ladder's rungs, fit the law, predict the target, and gate the target run.
 
 Its artifact (stage ``scaling``) holds ``points.json``, ``fit.json`` (fit, intervals,
-self-check, prediction, compute-optimal answers), ``summary.md`` and the two plots. Each rung
+self-check, prediction, compute-optimal answers, unidentified parameters, epochs over the
+train split), ``summary.md``, ``fidelity.md`` (each prediction against its actual, pending
+for the target until the gate) and the two plots. Each rung
 is a ``train`` artifact of its own, so a rerun retrains nothing that is unchanged.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +20,20 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import Artifact, Code, StageOutput, stage_version
+from ladder.artifacts import Artifact, ArtifactRef, Code, StageOutput, stage_version
 from ladder.config import Section
 from ladder.tags import SCALING_GATE, SCALING_GATE_REASONS, SCALING_OVERRIDE, input_tags
 from ladder.workspace import Workspace
 from tasks.scaling.analysis import fit_scaling_law
-from tasks.scaling.fit import Prediction, ScalingFit, compute_optimal, gate, predict
-from tasks.scaling.ladder import Point, ScalingConfig, plan, rung_points, target
-from tasks.scaling.plots import plot_loss_vs_compute, plot_predicted_vs_actual, summary_markdown, write_png
+from tasks.scaling.fit import FidelityRow, Prediction, ScalingFit, compute_optimal, epochs, gate
+from tasks.scaling.ladder import Point, ScalingConfig, plan, rung_points, target, tokens_per_step, unique_tokens
+from tasks.scaling.plots import (
+    fidelity_markdown,
+    plot_loss_vs_compute,
+    plot_predicted_vs_actual,
+    summary_markdown,
+    write_png,
+)
 from tasks.train.config import TrainConfig
 from tasks.train.shards import PackedShards
 from tasks.train.stage import CODE as TRAIN_CODE, TrainInputs, train_model
@@ -38,7 +47,8 @@ CODE = Code(
     ("tasks.scaling", *TRAIN_CODE.packages),
     ("scipy", *TRAIN_CODE.libraries),
 )
-POINTS, FIT, SUMMARY = "points.json", "fit.json", "summary.md"
+POINTS, FIT, SUMMARY, FIDELITY = "points.json", "fit.json", "summary.md", "fidelity.md"
+SELF_CHECK_ROW, TARGET_ROW = "self-check: top rung from the others", "target run"
 LOSS_VS_COMPUTE, PREDICTED_VS_ACTUAL = "loss_vs_compute.png", "predicted_vs_actual.png"
 
 
@@ -52,8 +62,19 @@ class ScalingStageConfig(Section):
 def train_rungs(
     ws: Workspace, scaling: ScalingConfig, train: TrainConfig, inputs: TrainInputs, parent_run_id: str | None
 ) -> list[tuple[TrainConfig, Artifact]]:
-    """Train every rung (``scaling.parallel`` side by side); each is a child run of the scaling run."""
-    configs = plan(scaling, train, PackedShards(inputs.train_shards))
+    """Train every rung (``scaling.parallel`` side by side); each is a child run of the scaling run.
+
+    A rung that will pass over the train split more than once is announced before it trains.
+    """
+    shards = PackedShards(inputs.train_shards)
+    configs = plan(scaling, train, shards)
+    for cfg in configs:
+        passes = epochs(cfg.total_steps(shards.seq_len) * tokens_per_step(cfg, shards.seq_len), unique_tokens(shards))
+        if passes > 1:
+            log.warning(
+                "rung of %.3g parameters will make %.1f epochs over the train split: its points are fitted as "
+                "effective data (data-constrained law)", cfg.target_params, passes,
+            )
     done: list[tuple[TrainConfig, Artifact]] = []
     for start in range(0, len(configs), scaling.parallel):
         wave = configs[start : start + scaling.parallel]
@@ -70,13 +91,36 @@ def collect_points(scaling: ScalingConfig, rungs: list[tuple[TrainConfig, Artifa
     return points
 
 
-def build_scaling(out: Path, cfg: ScalingStageConfig, points: list[Point], target_nd: tuple[float, float]) -> StageOutput:
-    """Fit the points, predict the target, answer the compute-optimal questions, draw and summarise."""
+def _data_markdown(points: list[Point], train_tokens: float | None, form: str) -> str:
+    """How often each rung passed over the train split, and the form the law was fitted in."""
+    if train_tokens is None:
+        return "\n## Data\n\nThe train split's size is unknown: every token is counted as new.\n"
+    last = {p.rung: p for p in points if p.n_tokens == max(q.n_tokens for q in points if q.rung == p.rung)}
+    rungs = ", ".join(f"N = {p.n_params:.3g}: {epochs(p.n_tokens, train_tokens):.2f}" for _, p in sorted(last.items()))
+    return (
+        f"\n## Data\n\nThe train split holds {train_tokens:.4g} tokens a pass. Epochs at each rung's last point: "
+        f"{rungs}. The law is fitted in the {form} form.\n"
+    )
+
+
+def build_scaling(
+    out: Path,
+    cfg: ScalingStageConfig,
+    points: list[Point],
+    target_nd: tuple[float, float],
+    train_tokens: float | None = None,
+) -> StageOutput:
+    """Fit the points, predict the target, answer the compute-optimal questions, draw and summarise.
+
+    ``train_tokens``: one pass over the train split (``unique_tokens``); with it, epochs are
+    stated and repeated data is fitted in the data-constrained form.
+    """
     n = np.array([p.n_params for p in points])
     d = np.array([p.n_tokens for p in points])
     loss = np.array([p.loss for p in points])
-    result = fit_scaling_law.fn(n, d, loss, cfg.scaling.fit)
-    prediction = predict(result.fit, *target_nd, result.intervals)
+    result = fit_scaling_law.fn(n, d, loss, cfg.scaling.fit, train_tokens)
+    prediction = result.predict(*target_nd)
+    fidelity = [FidelityRow(SELF_CHECK_ROW, result.holdout_prediction, result.holdout.actual), FidelityRow(TARGET_ROW, prediction)]
     budgets = compute_optimal(result.fit, np.array(cfg.scaling.compute_budgets))
     optimal = [
         {"flops": float(c), "n_params": float(np_), "n_tokens": float(nd), "loss": float(lo)}
@@ -84,17 +128,26 @@ def build_scaling(out: Path, cfg: ScalingStageConfig, points: list[Point], targe
     ]
     (out / POINTS).write_text(json.dumps([p.__dict__ for p in points], indent=2))
     (out / FIT).write_text(
-        json.dumps({**result.to_dict(), "prediction": prediction.to_dict(), "compute_optimal": optimal}, indent=2, default=float)
+        json.dumps(
+            {**result.to_dict(), "prediction": prediction.to_dict(), "compute_optimal": optimal,
+             "fidelity": [row.to_dict() for row in fidelity]},
+            indent=2, default=float,
+        )
     )
+    (out / FIDELITY).write_text("# Ladder fidelity\n\n" + fidelity_markdown(fidelity))
     write_png(plot_loss_vs_compute(n, d, loss, result.fit, target=prediction), out / LOSS_VS_COMPUTE)
     write_png(plot_predicted_vs_actual(n, d, loss, result.fit, target=prediction), out / PREDICTED_VS_ACTUAL)
     optimal_md = "\n".join(
         f"| {o['flops']:.1e} | {o['n_params']:.3g} | {o['n_tokens']:.3g} | {o['loss']:.4f} |" for o in optimal
     )
     (out / SUMMARY).write_text(
-        summary_markdown(result.fit, result.intervals, result.holdout, prediction)
+        summary_markdown(result.fit, result.intervals, result.holdout, prediction, unidentified=result.unidentified)
+        + _data_markdown(points, train_tokens, result.form)
+        + "\n## Fidelity\n\n" + fidelity_markdown(fidelity)
         + "\n\n## Compute-optimal allocation\n\n| FLOPs | N | D | expected loss |\n|---|---|---|---|\n"
         + optimal_md + "\n"
+        + (f"\nThese rest on unidentified parameters ({', '.join(result.unidentified)}): read them as the "
+           "fit's extrapolation, not as the law's.\n" if result.unidentified else "")
     )
     holdout = result.holdout
     return StageOutput(
@@ -104,6 +157,8 @@ def build_scaling(out: Path, cfg: ScalingStageConfig, points: list[Point], targe
             "r2_log_loss": result.fit.r2_log_loss, "holdout_rel_error": holdout.rel_error,
             "holdout_mean_abs_rel_error": holdout.mean_abs_rel_error,
             "predicted_loss": prediction.loss, "predicted_low": prediction.low, "predicted_high": prediction.high,
+            "unidentified_params": len(result.unidentified), "prediction_limits": len(prediction.limits),
+            **({} if prediction.epochs is None else {"target_epochs": prediction.epochs, "max_rung_epochs": result.max_epochs}),
         },
     )
 
@@ -122,7 +177,9 @@ def run_scaling(ws: Workspace, scaling: ScalingConfig, train: TrainConfig, input
     def build(out: Path) -> StageOutput:
         with stage_run(ws, STAGE, cfg, tags=input_tags(inputs.versions), produces=produces) as run:
             rungs = train_rungs(ws, scaling, train, inputs, run.info.run_id)
-            output = build_scaling(out, cfg, collect_points(scaling, rungs, shards.seq_len), target(train, shards))
+            output = build_scaling(
+                out, cfg, collect_points(scaling, rungs, shards.seq_len), target(train, shards), unique_tokens(shards)
+            )
             import mlflow
 
             mlflow.log_metrics({k: float(v) for k, v in output.metrics.items()})
@@ -138,8 +195,27 @@ def _png_markdown(path: Path) -> str:
     return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
+@dataclass(frozen=True)
+class ScalingResult:
+    """The scaling flow's result: the fitted ladder's artifact and what it predicts for the target run."""
+
+    ladder: ArtifactRef
+    fit: dict[str, float]
+    """The law's parameters: ``E``, ``A``, ``B``, ``alpha``, ``beta``."""
+    self_check_rel_error: float
+    """The fit without the top rung, against the top rung's measured loss."""
+    unidentified: dict[str, str]
+    """Parameters the points cannot pin down, each with the reason: reported, never read as fitted values."""
+    prediction: dict[str, Any]
+    """The target's ``loss`` with ``low`` and ``high`` of its interval, its ``epochs`` over the train
+    split and the ``limits`` of the law's validity it runs into."""
+    compute_optimal: list[dict[str, float]]
+    mlflow_run_id: str
+    cached: bool
+
+
 @task(name="publish-scaling-report", cache_policy=NO_CACHE)
-def publish_scaling(artifact: Artifact) -> dict[str, Any]:
+def publish_scaling(artifact: Artifact, cached: bool) -> ScalingResult:
     """Prefect artifacts of the fit and prediction (logged before the target run starts)."""
     from prefect.artifacts import create_markdown_artifact
 
@@ -151,14 +227,22 @@ def publish_scaling(artifact: Artifact) -> dict[str, Any]:
         description="Scaling-law fit of the ladder, its self-check and the target's prediction.",
     )
     fit = json.loads(artifact.file(FIT).read_text())
-    return {
-        "scaling_version": artifact.version,
-        "fit": {k: fit["fit"][k] for k in ("E", "A", "B", "alpha", "beta")},
-        "self_check_rel_error": fit["holdout"]["rel_error"],
-        "prediction": fit["prediction"],
-        "compute_optimal": fit["compute_optimal"],
-        "mlflow_run_id": artifact.file("mlflow_run_id").read_text(),
-    }
+    return ScalingResult(
+        ladder=artifact.ref,
+        fit={k: fit["fit"][k] for k in ("E", "A", "B", "alpha", "beta")},
+        self_check_rel_error=fit["holdout"]["rel_error"],
+        unidentified=fit["unidentified"],
+        prediction=fit["prediction"],
+        compute_optimal=fit["compute_optimal"],
+        mlflow_run_id=artifact.file("mlflow_run_id").read_text(),
+        cached=cached,
+    )
+
+
+def stored_fidelity(artifact: Artifact, actual_loss: float) -> list[FidelityRow]:
+    """The artifact's fidelity rows, the target's with its ``actual_loss`` filled in."""
+    rows = [FidelityRow.from_dict(row) for row in json.loads(artifact.file(FIT).read_text())["fidelity"]]
+    return [replace(row, actual=actual_loss) if row.name == TARGET_ROW else row for row in rows]
 
 
 def stored_fit(artifact: Artifact) -> tuple[ScalingFit, Prediction, list[Point]]:
@@ -167,7 +251,7 @@ def stored_fit(artifact: Artifact) -> tuple[ScalingFit, Prediction, list[Point]]
     fit_values = dict(stored["fit"])
     logs = {name: float(np.log(fit_values.pop(key))) for name, key in (("a", "A"), ("b", "B"), ("e", "E"))}
     fit = ScalingFit(**logs, **fit_values)
-    prediction = Prediction(**stored["prediction"])
+    prediction = Prediction.from_dict(stored["prediction"])
     points = [Point(**p) for p in json.loads(artifact.file(POINTS).read_text())]
     return fit, prediction, points
 
@@ -177,7 +261,10 @@ def target_gate(ws: Workspace, artifact: Artifact, scaling: ScalingConfig, actua
     """Hold the target run to its prediction; the decision, reasons, plot and any override are recorded.
 
     Returns ``status`` (passed, failed or overridden), ``passed``, ``reasons``, ``rel_error``,
-    ``actual``, ``prediction`` (the ladder's, with its interval) and ``override_reason``.
+    ``actual``, ``prediction`` (the ladder's, with its interval, epochs and limits),
+    ``override_reason`` and ``fidelity`` (the ladder's fidelity table as markdown; also logged to
+    the scaling run as ``scaling/fidelity.md`` and ``scaling/fidelity.json``). A prediction with
+    limits is judged under ``scaling.fit.limits_policy``.
     """
     import tempfile
 
@@ -187,11 +274,16 @@ def target_gate(ws: Workspace, artifact: Artifact, scaling: ScalingConfig, actua
     from ladder.tracking import experiment_id
 
     fit, prediction, points = stored_fit(artifact)
-    decision = gate(prediction, actual_loss, scaling.fit.gate_rel_tolerance)
+    decision = gate(
+        prediction, actual_loss, scaling.fit.gate_rel_tolerance,
+        limits_policy=scaling.fit.limits_policy, widen_factor=scaling.fit.widen_factor,
+    )
+    fidelity = stored_fidelity(artifact, actual_loss)
+    fidelity_md = fidelity_markdown(fidelity)
     overridden = not decision.passed and scaling.override_gate
     status = "passed" if decision.passed else ("overridden" if overridden else "failed")
     result = {**decision.to_dict(), "status": status, "actual": actual_loss, "prediction": prediction.to_dict(),
-              "override_reason": scaling.override_reason if overridden else ""}
+              "override_reason": scaling.override_reason if overridden else "", "fidelity": fidelity_md}
     experiment_id(ws)
     client = MlflowClient()
     run_id = artifact.file("mlflow_run_id").read_text()
@@ -208,10 +300,15 @@ def target_gate(ws: Workspace, artifact: Artifact, scaling: ScalingConfig, actua
     with tempfile.TemporaryDirectory() as tmp:
         png = write_png(figure, Path(tmp) / "target_predicted_vs_actual.png")
         client.log_artifact(run_id, str(png), artifact_path=STAGE)
+        (Path(tmp) / FIDELITY).write_text("# Ladder fidelity\n\n" + fidelity_md)
+        (Path(tmp) / "fidelity.json").write_text(json.dumps([row.to_dict() for row in fidelity], indent=2))
+        client.log_artifact(run_id, str(Path(tmp) / FIDELITY), artifact_path=STAGE)
+        client.log_artifact(run_id, str(Path(tmp) / "fidelity.json"), artifact_path=STAGE)
         create_markdown_artifact(
             key="scaling-gate",
             markdown=f"# Scaling-law gate: {status}\n\n" + "\n".join(f"- {r}" for r in decision.reasons)
-            + (f"\n- overridden: {scaling.override_reason}" if overridden else "") + "\n\n" + _png_markdown(png),
+            + (f"\n- overridden: {scaling.override_reason}" if overridden else "")
+            + "\n\n## Ladder fidelity\n\n" + fidelity_md + "\n" + _png_markdown(png),
             description="The target run against the ladder's prediction.",
         )
     return result

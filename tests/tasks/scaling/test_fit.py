@@ -11,17 +11,26 @@ from ladder.config import build
 from tasks.scaling.analysis import fit_scaling_law
 from tasks.scaling.config import PAPER_GRID, ScalingFitConfig
 from tasks.scaling.fit import (
+    FidelityRow,
     Intervals,
     Prediction,
     bootstrap,
     compute_optimal,
+    effective_tokens,
     fit_chinchilla,
     frontier_exponents,
     gate,
     holdout_check,
     predict,
+    unidentified,
 )
-from tasks.scaling.plots import plot_loss_vs_compute, plot_predicted_vs_actual, summary_markdown, write_png
+from tasks.scaling.plots import (
+    fidelity_markdown,
+    plot_loss_vs_compute,
+    plot_predicted_vs_actual,
+    summary_markdown,
+    write_png,
+)
 
 # Hoffmann et al. 2022, Approach 3.
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
@@ -108,7 +117,9 @@ def test_bootstrap_is_seeded_and_brackets_the_fit(noisy):
 
 
 def test_gate_passes_inside_the_interval_and_fails_a_miss():
-    prediction = Prediction(n_params=7e10, n_tokens=1.4e12, loss=2.0, low=1.95, high=2.05, confidence=0.95)
+    prediction = Prediction(
+        n_params=7e10, n_tokens=1.4e12, loss=2.0, low=1.95, high=2.05, confidence=0.95, effective_tokens=1.4e12
+    )
     inside = gate(prediction, 2.04, rel_tolerance=0.0)
     assert inside.passed and "inside" in inside.reasons[0]
     near = gate(prediction, 2.08, rel_tolerance=0.05)  # outside the interval, within 5%
@@ -193,3 +204,60 @@ def test_intervals_on_arrays_match_scalars(noisy):
     intervals: Intervals = bootstrap(n, d, loss, 10, seed=0, fit=fit)
     low, high = intervals.loss(np.array([1e9, 7e10]), np.array([2e10, 1.4e12]))
     assert (low[1], high[1]) == pytest.approx(intervals.loss(7e10, 1.4e12))
+
+
+def test_a_prediction_with_limits_is_widened_or_refused_by_policy():
+    limited = Prediction(7e10, 1.4e12, 2.0, 1.95, 2.05, 0.95, 1.4e12, epochs=6.0, limits=("E unidentified, at its bound",))
+    assert not gate(limited, 2.08, rel_tolerance=0.03, limits_policy="widen", widen_factor=1.0).passed
+    widened = gate(limited, 2.08, rel_tolerance=0.03, limits_policy="widen", widen_factor=2.0)
+    assert widened.passed and "[1.9000, 2.1000]" in widened.reasons[0] and "E unidentified" in widened.reasons[2]
+    refused = gate(limited, 2.0, rel_tolerance=0.03, limits_policy="refuse")
+    assert not refused.passed and "refuses" in refused.reasons[2]
+    assert Prediction.from_dict(json.loads(json.dumps(limited.to_dict()))) == limited
+
+
+def test_effective_data_follows_muennighoff():
+    unique = 1e6
+    assert effective_tokens(0.5e6, unique, 15.4) == 0.5e6  # no repetition: D itself
+    # Muennighoff et al. 2023, eq. 5: 4 epochs (R = 3 repetitions) are worth U (1 + 15.4 (1 - e^(-3/15.4))).
+    assert effective_tokens(4e6, unique, 15.4) == pytest.approx(unique * (1 + 15.4 * (1 - np.exp(-3 / 15.4))))
+    assert 3.7e6 < effective_tokens(4e6, unique, 15.4) < 4e6  # a few epochs are nearly new data
+    assert effective_tokens(1e9, unique, 15.4) == pytest.approx(unique * 16.4)  # never more than U (1 + R*)
+
+
+# Four starts: a floorless law sends every start's E toward 0 the slow way, and one basin is enough here.
+FEW_STARTS = {"a": [0.0, 10.0], "b": [0.0, 10.0], "e": [0.0], "alpha": [0.5], "beta": [0.5]}
+
+
+def test_e_at_its_bound_is_reported_unidentified(noisy):
+    # The example corpus's ladder, floor removed (E = 0): the fit runs E toward 0, and nothing in the points says where it is.
+    n, d = (x.ravel() for x in np.meshgrid(np.geomspace(1e4, 8e4, 4), np.geomspace(4e4, 1.6e6, 6)))
+    no_floor = 9.66 / n**0.139 + 11.06 / d**0.101
+    result = fit_scaling_law.fn(n, d, no_floor, build(ScalingFitConfig, {"bootstrap_samples": 10, "grid": FEW_STARTS}))
+    assert "E" in result.unidentified and "at its bound" in result.unidentified["E"]
+    prediction = result.predict(1.6e5, 1.6e6)
+    assert any(limit.startswith("E unidentified") for limit in prediction.limits)
+    text = summary_markdown(result.fit, result.intervals, result.holdout, prediction, unidentified=result.unidentified)
+    assert "| E | unidentified (at its bound" in text
+    # Chinchilla's law has a floor, and 1,600 points identify every parameter of it.
+    n, d, loss, fit = noisy
+    config = ScalingFitConfig()
+    identify = {k: getattr(config, k) for k in ("e_floor_share", "exponent_range", "max_interval_share")}
+    assert unidentified(fit, bootstrap(n, d, loss, 10, seed=0, fit=fit), float(loss.min()), **identify) == {}
+
+
+def test_repeated_data_is_fitted_as_effective_data_and_marked_beyond_the_valid_epochs():
+    n, d = (x.ravel() for x in np.meshgrid(np.geomspace(1e4, 8e4, 4), np.geomspace(4e4, 1.6e6, 6)))
+    unique = 4e5  # the top points make 4 epochs
+    law = lambda n, d: 1.5 + 9.66 / n**0.3 + 11.06 / d**0.3  # noqa: E731
+    config = build(ScalingFitConfig, {"bootstrap_samples": 10, "grid": FEW_STARTS})
+    result = fit_scaling_law.fn(n, d, law(n, effective_tokens(d, unique, 15.4)), config, unique)
+    assert result.data_constrained and result.max_epochs == pytest.approx(4.0)
+    assert result.to_dict()["data"]["form"].startswith("data-constrained")
+    within = result.predict(1.6e5, 1.2e6)
+    assert within.epochs == pytest.approx(3.0) and within.repeated and within.effective_tokens < 1.2e6
+    assert within.loss == pytest.approx(law(1.6e5, effective_tokens(1.2e6, unique, 15.4)), rel=0.01)
+    beyond = result.predict(1.6e5, 4e6)
+    assert any("10.0 epochs" in limit and "outside the law's validity" in limit for limit in beyond.limits)
+    table = fidelity_markdown([FidelityRow("target run", beyond, 2.0), FidelityRow("self-check", result.holdout_prediction)])
+    assert "yes, 10.0 epochs" in table and "pending" in table and "outside the law's validity" in table

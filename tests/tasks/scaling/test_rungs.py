@@ -13,7 +13,8 @@ from ladder.config import build
 from ladder.tracking import stage_run
 from tasks.scaling.ladder import Point, ScalingConfig, rung_config, rung_points
 from tasks.scaling.stage import CODE, STAGE, ScalingStageConfig, build_scaling, stored_fit, target_gate
-from tasks.train.config import TrainConfig
+from tasks.train.config import ScheduleConfig, TrainConfig
+from tasks.train.schedule import decay_start, lr_at
 
 
 @pytest.mark.parametrize(
@@ -82,6 +83,7 @@ def test_target_gate_fails_a_run_that_misses_its_prediction(workspace, prefect_h
     on_target = target_gate.fn(workspace, artifact, cfg.scaling, prediction.loss)
     missed = target_gate.fn(workspace, artifact, cfg.scaling, prediction.loss * 1.2)
     assert on_target["status"] == "passed"
+    assert "| target run |" in on_target["fidelity"] and "| self-check: top rung from the others |" in on_target["fidelity"]
     assert missed["status"] == "failed" and "beyond the tolerance" in missed["reasons"][1]
     forgiven = ScalingConfig(override_gate=True, override_reason="known tokenizer change")
     overridden = target_gate.fn(workspace, artifact, forgiven, prediction.loss * 1.2)
@@ -90,5 +92,17 @@ def test_target_gate_fails_a_run_that_misses_its_prediction(workspace, prefect_h
     from mlflow.tracking import MlflowClient
 
     tags = MlflowClient().get_run(artifact.file("mlflow_run_id").read_text()).data.tags
+    logged = {f.path for f in MlflowClient().list_artifacts(artifact.file("mlflow_run_id").read_text(), STAGE)}
+    assert {f"{STAGE}/fidelity.md", f"{STAGE}/fidelity.json"} <= logged
     assert tags["ladder.gate.scaling"] == "overridden"
     assert tags["ladder.gate.scaling.override_reason"] == "known tokenizer change"
+
+
+@pytest.mark.parametrize("decay_fraction", [0.1, 0.2, 1.0])
+def test_a_shorter_wsd_run_follows_a_longer_one_up_to_its_decay_start(decay_fraction):
+    # What decay branches rest on: a rung's one stable run holds every shorter branch's schedule up to its decay.
+    cfg = ScheduleConfig(kind="wsd", warmup_steps=10, decay_fraction=decay_fraction)
+    for total in (25, 50, 100, 200, 399):
+        start = decay_start(total, cfg)
+        assert [lr_at(s, total, 1.0, cfg) for s in range(1, start + 1)] == [lr_at(s, 400, 1.0, cfg) for s in range(1, start + 1)]
+        assert lr_at(start + 1, total, 1.0, cfg) < 1.0 and decay_start(total + 1, cfg) >= start
