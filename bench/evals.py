@@ -5,18 +5,22 @@ example corpus curated by the data stage's own ``build_dataset`` (default config
 temporary directory; the tokenizer is a byte-level BPE of 1024 tokens trained by the
 tokenizer stage's ``train_candidate``; the model is ``--model-dir`` (an HF checkpoint with
 its tokenizer) or a tiny Llama (d_model 64, 2 layers) trained for ``--steps`` steps of
-16 x 128 tokens with plain torch. The suite is the ``tiny`` profile's (``SuiteConfig()``).
-One run prints:
+16 x 128 tokens with plain torch. The suite is the ``tiny`` profile's (``SuiteConfig()``); the
+previous one is what the profile built before the gate paired items and stated its power
+(64 items per task, 12 documents per source, prompts unbounded). One run prints:
 
 1. The train split's 13-gram index: build CPU time and n-grams per CPU second, ours (numpy hashes, sorted
    set, streamed in batches) against a Python ``set`` of word-tuple 13-grams over the same
    normalised words; and the suite's counts (items kept, dropped by reason).
-2. Eval throughput, items per CPU second and per wall second (an item is one scored document, question or prompt), of the
-   whole lm-eval run (model load included) with the ``tiny`` profile's HFLM settings
-   (``RunConfig()``: batch 32) against lm-eval's default batch size of 1, the same suite and
-   model; the ratio; and the largest difference of any metric between the two runs (batching
-   must not change the numbers beyond float noise).
-3. The eval table of the model.
+2. Scoring cost of the suite against the previous one: items, CPU seconds and wall seconds of
+   the whole lm-eval run (model load included) with the ``tiny`` profile's HFLM settings
+   (``RunConfig()``: batch 32), and the ratio of CPU seconds. The evals stage runs this once per
+   candidate (three times in ``make run``).
+3. Eval throughput, items per CPU second and per wall second (an item is one scored document, question or prompt),
+   on the previous suite, batch 32 against lm-eval's default batch size of 1; the ratio; and the
+   largest difference of any metric between the two runs (batching must not change the numbers
+   beyond float noise).
+4. The eval table of the model on the suite.
 
 Ratios are of CPU seconds (all threads of this process), steadier than wall time on a shared
 machine; wall times are printed too. Each eval is timed once, after one untimed warm-up run
@@ -45,6 +49,8 @@ from tasks.evals.runner import run_lm_eval
 from tasks.evals.suite import build_suite
 
 T = TypeVar("T")
+# The tiny profile's suite before the gate paired items: fewer items, prompts not bounded by the model's context.
+PREVIOUS = SuiteConfig(items_per_task=64, ppl_docs_per_source=12, max_prompt_chars=1_000_000)
 
 
 def cpu_timed(fn: Callable[..., T], *args: object) -> tuple[T, float]:
@@ -123,11 +129,18 @@ def main() -> None:
         for name, counts in suite.counts["tasks"].items():
             print(f"  {name:<28} {counts['candidates']:5d} -> dropped {counts['dropped'] or {}}, unused {counts['unused']}, kept {counts['kept']}")
 
+        previous = build_suite.fn(Workspace(root), PREVIOUS, Dataset(dvc_dir_md5(data_dir), data_dir, "bench"))
         ours_cfg, baseline_cfg = RunConfig(), RunConfig(batch_size=1)
-        run_lm_eval(model_dir, suite, ours_cfg)  # warm-up: imports, dataset cache, kernels; not counted
-        ours, ours_cpu = cpu_timed(run_lm_eval, model_dir, suite, ours_cfg)
-        baseline, baseline_cpu = cpu_timed(run_lm_eval, model_dir, suite, baseline_cfg)
-        print(f"\neval throughput ({ours.items} items, {len(suite.tasks)} tasks, model load included)")
+        run_lm_eval(model_dir, previous, ours_cfg)  # warm-up: imports, dataset cache, kernels; not counted
+        large, large_cpu = cpu_timed(run_lm_eval, model_dir, suite, ours_cfg)
+        ours, ours_cpu = cpu_timed(run_lm_eval, model_dir, previous, ours_cfg)
+        print(f"\nscoring cost of the suite ({len(suite.tasks)} tasks, batch {ours_cfg.batch_size}, model load included)")
+        for name, run, cpu in (("tiny suite", large, large_cpu), ("previous suite", ours, ours_cpu)):
+            print(f"  {name:<26} {run.items:6d} items {cpu:7.1f} CPU s {run.seconds:7.1f} s wall")
+        print(f"  ratio tiny/previous: {large.items / ours.items:.2f}x items for {large_cpu / ours_cpu:.2f}x CPU seconds")
+
+        baseline, baseline_cpu = cpu_timed(run_lm_eval, model_dir, previous, baseline_cfg)
+        print(f"\neval throughput on the previous suite ({ours.items} items, model load included)")
         for name, run, cpu in ((f"ours (batch {ours_cfg.batch_size})", ours, ours_cpu), ("lm-eval default (batch 1)", baseline, baseline_cpu)):
             print(f"  {name:<26} {run.items / cpu:8.2f} items/CPU-s ({cpu:.1f} CPU s), {run.items_per_second:8.2f} items/s ({run.seconds:.1f} s wall)")
         print(f"  ratio ours/default: {baseline_cpu / ours_cpu:.2f}x items per CPU second, {baseline.seconds / ours.seconds:.2f}x items/s wall")
@@ -135,9 +148,9 @@ def main() -> None:
         print(f"  largest metric difference between the runs: {worst} "
               f"{abs(ours.table[worst].value - baseline.table[worst].value):.2e}")
 
-        print("\neval table")
+        print("\neval table (tiny suite)")
         print(f"  {'metric':<40} {'value':>10} {'stderr':>8} {'better':>7} {'items':>6}")
-        for name, metric in ours.table.items():
+        for name, metric in large.table.items():
             stderr = f"{metric.stderr:.4f}" if metric.stderr is not None else "—"
             print(f"  {name:<40} {metric.value:10.4f} {stderr:>8} {'higher' if metric.higher_is_better else 'lower':>7} {metric.items:6d}")
 

@@ -24,9 +24,23 @@ class SuiteConfig(Section):
     fewshot_split: Literal["validation", "test"] = Field(
         "validation", description="Held-out split the few-shot examples come from (never the scored split)."
     )
-    items_per_task: int = Field(64, ge=1, description="Scored items per cloze and generation task (fewer if the split runs out).")
+    items_per_task: int | None = Field(
+        256, ge=1, description="Scored items per cloze and generation task (fewer if the split runs out; null: every clean "
+        "item the split yields). The gate's power check says how many a margin needs: on the example corpus 256 "
+        "items detect 0.038-0.044 of cloze accuracy between the tiny base model and its aligned version, and "
+        "scoring time grows linearly with them.",
+    )
+    variant_items: int = Field(
+        64, ge=1, description="Items the few-shot variants and the generation task score (the first of the family's "
+        "items): a few-shot prompt costs about three times a zero-shot one, and the default policy gates only the "
+        "zero-shot cloze tasks and perplexity, whose items are what the gate's power needs.",
+    )
     fewshot_pool: int = Field(16, ge=1, description="Candidate few-shot examples per task; lm-eval draws num_fewshot of them per item.")
-    ppl_docs_per_source: int = Field(12, ge=1, description="Held-out documents per source scored for perplexity and bits per byte.")
+    ppl_docs_per_source: int | None = Field(
+        24, ge=1, description="Held-out documents per source scored for perplexity and bits per byte (null: all). "
+        "Paired per-document differences are tight: on the example corpus 24 per source (Milton holds out 15) detect "
+        "0.016 bits per byte.",
+    )
     num_fewshot: int = Field(
         2, ge=1, description="Examples in the context of the few-shot variant of each cloze and generation task "
         "(with more, the tiny model's 256-token context cuts them from the left)."
@@ -36,6 +50,12 @@ class SuiteConfig(Section):
     min_line_words: int = Field(4, ge=2, description="A line asked about (or offered as a distractor) has at least this many words.")
     items_per_document: int = Field(
         2, ge=1, description="Candidate items drawn from one document, so that items spread over many passages."
+    )
+    max_prompt_chars: int = Field(
+        450, ge=16, description="Longest prompt (few-shot examples, context and the longest option) an item may make, "
+        "in characters: it must fit the model's context, or lm-eval cuts it from the left and scores another question. "
+        "Tiny: 256 tokens hold 450 characters at 1.76 characters per token, below the 2.4 the tiny tokenizers average on "
+        "the example corpus (no prompt was cut there; unbounded, 14 per evaluation were).",
     )
     max_gen_toks: int = Field(6, ge=1, description="Tokens the generation task may produce before it is cut off.")
     ngram: int = Field(
@@ -83,11 +103,30 @@ class GatePolicy(Section):
         "tiny tokenizers; chance on the 4-way cloze is 0.25.",
     )
     regression_margins: dict[str, float] = Field(
-        {"ladder_ppl/bits_per_byte": 0.02, "ladder_next_line/acc_norm": 0.02, "ladder_last_word/acc_norm": 0.02},
-        description="Metric -> how much worse than the champion a candidate may be, in the metric's units. "
-        "The allowance is max(margin, z * sqrt(se_candidate^2 + se_champion^2)).",
+        {"ladder_ppl/bits_per_byte": 0.02, "ladder_next_line/acc_norm": 0.05, "ladder_last_word/acc_norm": 0.05},
+        description="Metric -> how much worse than the champion a candidate may be, in the metric's units. Candidate and "
+        "champion are compared item by item (paired bootstrap); the candidate passes only if the worse end of the "
+        "interval of its difference stays within the margin, so a drop the suite cannot rule out is not let through. "
+        "Tiny defaults: margins the tiny suite can see (the power check reports each one's detectable effect); "
+        "0.02 of cloze accuracy would take 900-1200 items per task, more than the example corpus holds out.",
     )
-    z: float = Field(2.0, ge=0, description="Standard errors of the difference tolerated before a drop counts as a regression.")
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="Coverage of the paired difference's interval; its worse end is what the margin bounds."
+    )
+    power: float = Field(
+        0.8, gt=0.5, lt=1, description="Chance that a candidate no worse than the champion passes: with the confidence it "
+        "sets each metric's minimum detectable effect, (z_(1+confidence)/2 + z_power) x stderr of the paired difference.",
+    )
+    underpowered: Literal["fail", "report"] = Field(
+        "report", description="What a gated metric whose minimum detectable effect exceeds its margin does to the power "
+        "check (the message says how many items the margin needs). fail: the suite cannot see its margin, so nothing "
+        "passes on it; report: only said, since a regression cannot pass an underpowered suite anyway (its wide "
+        "interval reaches past the margin), so what low power costs is good candidates rejected as unresolved.",
+    )
+    bootstrap_iters: int = Field(
+        2000, ge=100, description="Paired bootstrap draws per gated metric: 2000 put the interval's ends within a few "
+        "percent of their limit in milliseconds (Efron & Tibshirani 1993, ch. 13).",
+    )
     alignment_tax: dict[str, float] = Field(
         {"ladder_ppl/bits_per_byte": 0.15, "ladder_next_line/acc_norm": 0.05},
         description="Metric -> how much worse an aligned model may be than its base model (applies when base metrics are given).",

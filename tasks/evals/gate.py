@@ -3,9 +3,15 @@
 Checks, all of which must pass for promotion:
 
 - **floors**: each named metric is no worse than its absolute bound;
-- **regression** (only when there is a champion): no named metric is worse than the
-  champion's by more than max(margin, z * sqrt(se_candidate^2 + se_champion^2)), so a
-  difference the eval's own noise explains is not called a regression;
+- **regression** (only when there is a champion): candidate and champion are compared item
+  by item on the same suite (:mod:`tasks.evals.stats`, paired bootstrap); a named metric
+  passes when the worse end of its difference's interval stays within the margin. A
+  difference whose interval lies beyond the margin is a regression; one whose interval
+  straddles it is unresolved, and fails too: the suite could not rule it out;
+- **power** (with the regression check): each named metric's minimum detectable effect at the
+  policy's confidence and power, for this suite's items, is at most its margin; otherwise the
+  suite is underpowered for the margin, and the check says how many items would do (failing
+  or only reported, as the policy's ``underpowered`` says);
 - **alignment tax** (only for an aligned model, given its base model's table): each named
   metric is no worse than the base model's by more than its bound;
 - **scaling-law prediction** (when the scaling stage's decision is given): that decision,
@@ -19,16 +25,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.evals.config import GatePolicy
-from tasks.evals.runner import Metric, MetricTable
+from tasks.evals.runner import Metric, MetricTable, Scores
+from tasks.evals.stats import PairedDifference, items_needed, paired_difference
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FLOOR = "floor"
 REGRESSION = "regression"
+POWER = "power"
+# The paired comparisons as a picture, logged beside the gate report in the eval run.
+GATE_PLOT = "gate_differences.png"
 ALIGNMENT_TAX = "alignment_tax"
 SCALING = "scaling_prediction"
 
@@ -61,11 +74,66 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """A gated metric of candidate and champion, item by item: the difference, its interval and what the suite can see.
+
+    ``worse``, ``worse_low`` and ``worse_high`` are in the direction of worsening (positive:
+    the candidate is worse), whichever way the metric improves.
+    """
+
+    metric: str
+    margin: float
+    candidate: float
+    champion: float
+    paired: PairedDifference
+    power: float
+    higher_is_better: bool
+
+    def _worsening(self, value: float) -> float:
+        # + 0.0 turns the -0.0 of a negated zero into 0.0, which reports read as "+0.0000".
+        return (-value if self.higher_is_better else value) + 0.0
+
+    @property
+    def worse(self) -> float:
+        return self._worsening(self.paired.difference)
+
+    @property
+    def worse_low(self) -> float:
+        return min(self._worsening(self.paired.low), self._worsening(self.paired.high))
+
+    @property
+    def worse_high(self) -> float:
+        return max(self._worsening(self.paired.low), self._worsening(self.paired.high))
+
+    @property
+    def detectable(self) -> float:
+        """The minimum detectable effect of this suite on this metric."""
+        return self.paired.detectable(self.power)
+
+    @property
+    def items_needed(self) -> int | None:
+        """Paired items for which the detectable effect would reach the margin (None: no number would, at margin 0)."""
+        return items_needed(self.paired.items, self.detectable, self.margin)
+
+    @property
+    def outcome(self) -> str:
+        """within (the margin), regression (the whole interval beyond it) or unresolved (the interval straddles it)."""
+        if math.isfinite(self.candidate) and self.worse_high <= self.margin:
+            return "within"
+        return "regression" if self.worse_low > self.margin else "unresolved"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "worse": self.worse, "interval": [self.worse_low, self.worse_high],
+                "detectable": self.detectable, "items_needed": self.items_needed, "outcome": self.outcome}
+
+
+@dataclass(frozen=True)
 class Decision:
-    """The gate's verdict on a candidate and every check behind it."""
+    """The gate's verdict on a candidate, every check behind it, and the paired comparisons the checks read."""
 
     passed: bool
     checks: list[Check] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
 
     @property
     def reasons(self) -> list[str]:
@@ -73,7 +141,8 @@ class Decision:
         return [c.line() for c in sorted(self.checks, key=lambda c: c.passed)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks],
+                "comparisons": [c.to_dict() for c in self.comparisons]}
 
 
 def check_policy(policy: GatePolicy, metrics: list[str]) -> None:
@@ -104,19 +173,45 @@ def floor_check(table: MetricTable, name: str, bound: float) -> Check:
     return Check(FLOOR, name, ok, f"{metric.value:.4f} must be {relation} {bound:g}")
 
 
-def regression_check(table: MetricTable, champion: MetricTable, name: str, margin: float, z: float) -> Check:
-    candidate, best = _metric(table, name, "candidate"), _metric(champion, name, "champion")
-    noise = z * math.sqrt((candidate.stderr or 0.0) ** 2 + (best.stderr or 0.0) ** 2)
-    allowance = max(margin, noise)
-    worse = worsening(candidate, best.value)
-    ok = math.isfinite(candidate.value) and worse <= allowance
-    return Check(
-        REGRESSION,
-        name,
-        ok,
-        f"candidate {candidate.value:.4f} vs champion {best.value:.4f}: worse by {worse:+.4f}, "
-        f"allowed {allowance:.4f} = max(margin {margin:g}, {z:g} x combined stderr {noise / z if z else 0.0:.4f})",
-    )
+def compare(candidate: Scores, champion: Scores, name: str, margin: float, policy: GatePolicy) -> Comparison:
+    """Candidate and champion on metric ``name``, paired item by item."""
+    mine, theirs = _metric(candidate.table, name, "candidate"), _metric(champion.table, name, "champion")
+    for scores, whose in ((candidate, "candidate"), (champion, "champion")):
+        if name not in scores.items:
+            raise ValueError(f"the {whose} has no per-item results for {name!r}: the regression check pairs items")
+    paired = paired_difference(name, candidate.items[name], champion.items[name], policy.confidence, policy.bootstrap_iters)
+    return Comparison(name, margin, mine.value, theirs.value, paired, policy.power, mine.higher_is_better)
+
+
+def _interval(c: Comparison) -> str:
+    return f"[{c.worse_low:+.4f}, {c.worse_high:+.4f}]"
+
+
+def regression_check(c: Comparison) -> Check:
+    """Pass only when the worse end of the paired difference's interval stays within the margin."""
+    said = (f"candidate {c.candidate:.4f} vs champion {c.champion:.4f}: worse by {c.worse:+.4f}, "
+            f"{c.paired.confidence:.0%} interval {_interval(c)} over {c.paired.items} paired items")
+    if c.outcome == "within":
+        return Check(REGRESSION, c.metric, True, f"{said}, within margin {c.margin:g}")
+    if c.outcome == "regression":
+        return Check(REGRESSION, c.metric, False, f"{said}: the whole interval is beyond margin {c.margin:g}")
+    return Check(REGRESSION, c.metric, False, f"{said}: unresolved, the interval reaches past margin {c.margin:g} "
+                 f"and cannot rule out a worsening of {c.worse_high:+.4f}")
+
+
+def power_check(c: Comparison, policy: GatePolicy) -> Check:
+    """The suite's minimum detectable effect on the metric against its margin; how many items the margin needs."""
+    said = (f"detectable effect {c.detectable:.4f} at {policy.confidence:.0%} confidence and {policy.power:.0%} power "
+            f"with {c.paired.items} paired items")
+    if c.detectable <= c.margin:
+        return Check(POWER, c.metric, True, f"{said}, within margin {c.margin:g}")
+    needed = (f"about {c.items_needed} items would see it (evals.suite.items_per_task; variant_items for few-shot "
+              "and generation tasks, ppl_docs_per_source for perplexity)" if c.items_needed
+              else "no number of items sees a margin of 0")
+    short = f"{said} exceeds margin {c.margin:g}: the suite is underpowered; {needed}"
+    if policy.underpowered == "report":
+        return Check(POWER, c.metric, True, f"{short} (policy underpowered=report)", ADVISORY)
+    return Check(POWER, c.metric, False, short)
 
 
 def alignment_tax_check(table: MetricTable, base: MetricTable, name: str, bound: float) -> Check:
@@ -210,38 +305,38 @@ def scaling_check(scaling_gate: dict[str, Any], mode: str) -> Check:
 
 
 def judge(
-    table: MetricTable,
+    candidate: Scores,
     policy: GatePolicy,
-    champion: MetricTable | None = None,
+    champion: Scores | None = None,
     base: MetricTable | None = None,
     scaling_gate: dict[str, Any] | None = None,
 ) -> Decision:
     """Apply every rule of ``policy``; the first candidate (no champion) faces the floors only."""
+    table = candidate.table
     checks = [floor_check(table, name, bound) for name, bound in sorted(policy.floors.items())]
+    comparisons = []
     if champion is None:
         checks.append(Check(REGRESSION, None, True, "no champion yet: judged against the absolute floors only"))
     else:
-        checks += [
-            regression_check(table, champion, name, margin, policy.z)
-            for name, margin in sorted(policy.regression_margins.items())
-        ]
+        comparisons = [compare(candidate, champion, name, margin, policy) for name, margin in sorted(policy.regression_margins.items())]
+        checks += [regression_check(c) for c in comparisons] + [power_check(c, policy) for c in comparisons]
     if base is not None:
         checks += [alignment_tax_check(table, base, name, bound) for name, bound in sorted(policy.alignment_tax.items())]
     if scaling_gate is not None:
         checks.append(scaling_check(scaling_gate, policy.scaling_gate))
-    return Decision(all(c.passed for c in checks), checks)
+    return Decision(all(c.passed for c in checks), checks, comparisons)
 
 
 @task(name="release-gate", cache_policy=NO_CACHE)
 def gate(
-    table: MetricTable,
+    candidate: Scores,
     policy: GatePolicy,
-    champion: MetricTable | None,
+    champion: Scores | None,
     base: MetricTable | None,
     scaling_gate: dict[str, Any] | None,
 ) -> Decision:
     """Prefect task around :func:`judge`."""
-    return judge(table, policy, champion, base, scaling_gate)
+    return judge(candidate, policy, champion, base, scaling_gate)
 
 
 def _cell(metric: Metric | None) -> str:
@@ -264,6 +359,40 @@ def metrics_markdown(table: MetricTable, champion: MetricTable | None = None, ba
         cells.append("higher" if metric.higher_is_better else "lower")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def comparisons_markdown(comparisons: list[Comparison]) -> str:
+    """The paired comparisons as a Markdown table: difference, interval, margin, detectable effect, items."""
+    lines = ["| metric | candidate | champion | worse by | interval | margin | detectable | items | needed | outcome |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| {c.metric} | {c.candidate:.4f} | {c.champion:.4f} | {c.worse:+.4f} | {_interval(c)} | {c.margin:g} | "
+        f"{c.detectable:.4f} | {c.paired.items} | {c.items_needed or '—'} | {c.outcome} |"
+        for c in comparisons
+    ]
+    return "\n".join(lines)
+
+
+def comparisons_figure(comparisons: list[Comparison]) -> Figure:
+    """Each gated metric's worsening with its interval against its margin, one row per metric in its own units.
+
+    Built on ``matplotlib.figure.Figure`` directly (no pyplot state), as the scaling stage's plots are.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 0.5 + 1.1 * len(comparisons)), layout="constrained")
+    axes = figure.subplots(len(comparisons), 1, squeeze=False)[:, 0]
+    for ax, c in zip(axes, comparisons, strict=True):
+        colour = {"within": "tab:green", "unresolved": "tab:orange", "regression": "tab:red"}[c.outcome]
+        ax.errorbar([c.worse], [0], xerr=[[c.worse - c.worse_low], [c.worse_high - c.worse]], fmt="o", color=colour, capsize=4)
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.axvline(c.margin, color="tab:red", linestyle="--", linewidth=1, label=f"margin {c.margin:g}")
+        ax.axvspan(c.worse - c.detectable, c.worse + c.detectable, color=colour, alpha=0.08, label="± detectable effect")
+        ax.set_yticks([])
+        ax.set_title(f"{c.metric}: {c.outcome} ({c.paired.items} paired items)", fontsize=9, loc="left")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1].set_xlabel(f"candidate worse than champion by (metric units; {comparisons[0].paired.confidence:.0%} interval)")
+    return figure
 
 
 def report_markdown(
@@ -292,6 +421,10 @@ def report_markdown(
             "|---|---|---|---|",
             checks,
             "",
+            *(["## Paired comparison with the champion", "",
+               "Worsening is positive; the interval and detectable effect are at the policy's confidence and power "
+               f"(as a picture: {GATE_PLOT} in the eval run).", "",
+               comparisons_markdown(decision.comparisons), ""] if decision.comparisons else []),
             "## Eval table",
             "",
             metrics_markdown(table, champion, base),

@@ -7,31 +7,24 @@ numbers are lm-eval's, the ones its command line prints. What ladder adds:
   byte perplexity: its bootstrap covers only some aggregations), by the delta method on the
   per-document (log-likelihood, length) pairs lm-eval logs as samples;
 - ``ladder_ppl``, the same metrics pooled over every source's documents;
-- one flat table, ``<task>/<metric>`` -> value, stderr, direction, items, which the gate reads.
+- one flat table, ``<task>/<metric>`` -> value, stderr, direction, items, and the per-item
+  results behind each of its numbers (:class:`tasks.evals.stats.ItemScores`): what the gate
+  pairs against the champion's.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.evals.config import RunConfig
+from tasks.evals.stats import RATIO_METRICS, ItemResults, ItemScores, ratio_metric
 from tasks.evals.suite import PPL, Suite
-
-# Aggregations lm-eval reports as -sum(loglikelihood) / sum(count), transformed: value of the
-# mean negative log-likelihood per unit (nats), and its derivative for the delta method.
-RATIO_METRICS = {
-    "bits_per_byte": (lambda r: r / math.log(2), lambda r: 1 / math.log(2)),
-    "byte_perplexity": (math.exp, math.exp),
-    "word_perplexity": (math.exp, math.exp),
-}
 
 
 @dataclass(frozen=True)
@@ -74,11 +67,20 @@ def table_from_rows(rows: list[dict[str, Any]]) -> MetricTable:
         ) from None
 
 
-@dataclass
-class Evaluation:
-    """lm-eval's output for one model on one suite, and the table made from it."""
+@dataclass(frozen=True)
+class Scores:
+    """A model's eval table and the per-item results behind it, on one suite: what the gate compares."""
 
     table: MetricTable
+    items: ItemResults
+
+
+@dataclass
+class Evaluation:
+    """lm-eval's output for one model on one suite, and the table and per-item results made from it."""
+
+    table: MetricTable
+    per_item: ItemResults
     results: dict[str, Any]  # simple_evaluate's output without the samples
     samples: dict[str, list[dict[str, Any]]]
     items: int
@@ -88,24 +90,9 @@ class Evaluation:
     def items_per_second(self) -> float:
         return self.items / self.seconds if self.seconds > 0 else float("nan")
 
-
-def ratio_metric(pairs: list[tuple[float, float]], metric: str) -> tuple[float, float | None]:
-    """``(value, stderr)`` of a ratio metric from per-document ``(loglikelihood, count)`` pairs.
-
-    The ratio r = sum(-ll) / sum(count) is a ratio estimator; its delta-method variance is
-    sum((-ll_i - r * count_i)^2) / (n (n-1) mean(count)^2). One document gives no stderr.
-    """
-    transform, slope = RATIO_METRICS[metric]
-    nll = -np.asarray([p[0] for p in pairs], dtype=np.float64)
-    count = np.asarray([p[1] for p in pairs], dtype=np.float64)
-    if count.sum() <= 0:
-        raise ValueError(f"{metric}: the scored documents have no {'bytes' if 'byte' in metric else 'words'}")
-    r = float(nll.sum() / count.sum())
-    n = len(pairs)
-    if n < 2:
-        return transform(r), None
-    se_r = math.sqrt(((nll - r * count) ** 2).sum() / (n * (n - 1))) / float(count.mean())
-    return transform(r), abs(slope(r)) * se_r
+    @property
+    def scores(self) -> Scores:
+        return Scores(self.table, self.per_item)
 
 
 def _number(value: Any) -> float | None:
@@ -139,6 +126,31 @@ def metric_table(results: dict[str, Any], samples: dict[str, list[dict[str, Any]
     return dict(sorted(table.items()))
 
 
+def item_results(samples: dict[str, list[dict[str, Any]]], suite: Suite) -> ItemResults:
+    """Every metric of the table item by item, keyed by the suite's item ids; ``ladder_ppl`` pools the sources' documents."""
+    results: ItemResults = {}
+    for full in suite.metrics:
+        name, _, metric = full.partition("/")
+        if name == PPL:
+            continue
+        logged = samples[name]
+        ids = tuple(sample["doc"]["id"] for sample in logged)
+        if metric in RATIO_METRICS:
+            loglikelihoods, counts = zip(*(sample[metric] for sample in logged), strict=True)
+            results[full] = ItemScores(metric, ids, tuple(map(float, loglikelihoods)), tuple(map(float, counts)))
+        else:
+            results[full] = ItemScores(metric, ids, tuple(float(sample[metric]) for sample in logged))
+    for full in suite.metrics:
+        name, _, metric = full.partition("/")
+        if name == PPL:
+            sources = [results[f"{task}/{metric}"] for task in suite.tasks if task.startswith(f"{PPL}_")]
+            results[full] = ItemScores(
+                metric, sum((s.ids for s in sources), ()), sum((s.values for s in sources), ()),
+                sum((s.counts or () for s in sources), ()),
+            )
+    return dict(sorted(results.items()))
+
+
 def run_lm_eval(model_dir: Path, suite: Suite, cfg: RunConfig, tokenizer_dir: Path | None = None) -> Evaluation:
     """Score the checkpoint in ``model_dir`` (tokenizer files beside it, or in ``tokenizer_dir``) on every task."""
     import lm_eval
@@ -170,7 +182,7 @@ def run_lm_eval(model_dir: Path, suite: Suite, cfg: RunConfig, tokenizer_dir: Pa
     seconds = time.perf_counter() - started
     samples = output.pop("samples")
     items = sum(int(n["effective"]) for n in output["n-samples"].values())
-    return Evaluation(metric_table(output, samples, suite), output, samples, items, seconds)
+    return Evaluation(metric_table(output, samples, suite), item_results(samples, suite), output, samples, items, seconds)
 
 
 @task(name="lm-eval", cache_policy=NO_CACHE)

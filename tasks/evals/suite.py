@@ -10,10 +10,15 @@ path (``--include_path <artifact>/lm_eval_tasks``). Tasks:
 - ``ladder_last_word``: which of the options is the line's last word (multiple choice);
 - ``ladder_last_word_gen``: write the line's last word (generation, exact match);
 
-and for the last three a few-shot variant ``<task>_<k>shot``. Items are drawn with a seeded
+and for the last three a few-shot variant ``<task>_<k>shot``. The zero-shot cloze tasks score
+every item of their family; the few-shot variants and the generation task, which cost more
+per item and which the release policy does not gate by default, score its first
+``variant_items``. Items are drawn with a seeded
 RNG from the scored split, few-shot examples from the other held-out split. Every candidate
-item is checked against the train split's n-gram index first; an item is dropped, counted
-and written to ``dropped.jsonl`` with its reason, never lost silently.
+item is checked against the train split's n-gram index first, and against the prompt budget
+(``max_prompt_chars``: with its few-shot examples, no prompt may overflow the model's context,
+or lm-eval would cut it from the left); an item is dropped, counted and written to
+``dropped.jsonl`` with its reason, never lost silently.
 """
 
 from __future__ import annotations
@@ -60,6 +65,9 @@ SUITE_TAG_ALL = "ladder_suite"  # the lm-eval tag every task of the suite carrie
 CONTAMINATED = "contaminated"
 TOO_FEW_WORDS = "too_few_words"
 TOO_FEW_DISTRACTORS = "too_few_distractors"
+TOO_LONG = "too_long"
+# lm-eval's default separator between few-shot examples, counted in a prompt's length.
+FEWSHOT_DELIMITER = "\n\n"
 
 # A last word worth asking for: letters, possibly joined by an apostrophe or hyphen (o'er, well-met).
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
@@ -68,10 +76,15 @@ _EDGE_PUNCTUATION = "\"'’‘“”.,;:!?()[]{}-—_*"
 
 @dataclass(frozen=True)
 class Candidate:
-    """An eval item before the checks: its record and the text the contamination check reads."""
+    """An eval item before the checks: its record, the text the contamination check reads, and its prompt length.
+
+    ``prompt_chars`` is the longest text lm-eval scores for it (context, delimiter and the
+    longest option), or None for a document scored whole in rolling windows, which never overflows.
+    """
 
     record: dict[str, Any]
     check_text: str
+    prompt_chars: int | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +185,7 @@ def next_line_candidates(docs: list[Document], cfg: SuiteConfig, rng: random.Ran
                 continue
             choices, index = _multiple_choice(rng, gold, distractors)
             record = {"id": f"{doc.id}@{i}", "source": doc.source, "context": context, "choices": choices, "gold": index}
-            items.append(Candidate(record, f"{context}\n{gold}"))
+            items.append(Candidate(record, f"{context}\n{gold}", _prompt_chars(context, choices)))
     return items, drops
 
 
@@ -207,8 +220,13 @@ def last_word_candidates(docs: list[Document], cfg: SuiteConfig, rng: random.Ran
                 "id": f"{doc.id}@{i}", "source": doc.source, "context": context,
                 "choices": choices, "gold": index, "answer": answer,
             }
-            items.append(Candidate(record, f"{context} {answer}"))
+            items.append(Candidate(record, f"{context} {answer}", _prompt_chars(context, choices)))
     return items, drops
+
+
+def _prompt_chars(context: str, choices: list[str]) -> int:
+    # The task templates put one delimiter character between context and option.
+    return len(context) + 1 + max(map(len, choices))
 
 
 def document_candidates(docs: list[Document]) -> dict[str, list[Candidate]]:
@@ -230,13 +248,13 @@ FAMILIES: dict[str, tuple[Callable[..., tuple[list[Candidate], Counter]], list[t
 
 
 def select(
-    candidates: list[Candidate], budget: int, index: NgramIndex, rng: random.Random, drops: Counter,
-    dropped: list[dict[str, Any]], task_name: str,
-) -> list[dict[str, Any]]:
-    """Shuffle, drop what is too short to check or shares an n-gram with train, keep ``budget`` items.
+    candidates: list[Candidate], budget: int | None, index: NgramIndex, rng: random.Random, drops: Counter,
+    dropped: list[dict[str, Any]], task_name: str, max_chars: int | None = None,
+) -> list[Candidate]:
+    """Shuffle, drop what is too short to check, shares an n-gram with train or is longer than ``max_chars``; keep ``budget`` items.
 
-    ``drops`` and ``dropped`` receive every dropped item and its reason; items beyond the
-    budget are counted as ``unused`` by the caller, not dropped.
+    ``budget`` None keeps every clean item. ``drops`` and ``dropped`` receive every dropped
+    item and its reason; items beyond the budget are counted as ``unused`` by the caller, not dropped.
     """
     order = list(candidates)
     rng.shuffle(order)
@@ -248,8 +266,10 @@ def select(
             reason = TOO_FEW_WORDS
         elif hit:
             reason = CONTAMINATED
+        elif max_chars is not None and candidate.prompt_chars is not None and candidate.prompt_chars > max_chars:
+            reason = TOO_LONG
         if reason is None:
-            kept.append(candidate.record)
+            kept.append(candidate)
             continue
         drops[reason] += 1
         dropped.append({"task": task_name, "reason": reason, "train_ngram_hits": int(hit), **candidate.record})
@@ -270,7 +290,7 @@ def _task_metrics(rendered: str) -> dict[str, bool]:
 
 def _counts(checked: int, drops: Counter, kept: int) -> dict[str, Any]:
     """Counts of one task's items: every candidate is dropped (by reason), kept, or unused (over budget)."""
-    checked_drops = drops[TOO_FEW_WORDS] + drops[CONTAMINATED]
+    checked_drops = drops[TOO_FEW_WORDS] + drops[CONTAMINATED] + drops[TOO_LONG]
     return {
         "candidates": checked + drops[TOO_FEW_DISTRACTORS],
         "dropped": dict(sorted(drops.items())),
@@ -302,7 +322,9 @@ def build_suite_files(data_dir: Path, cfg: SuiteConfig, out: Path, final: Path) 
         if name in tasks:
             raise ValueError(f"sources map to the same task name {name!r}: rename one of them")
         drops: Counter = Counter()
-        kept = select(candidates, cfg.ppl_docs_per_source, index, random.Random(f"{cfg.seed}:{name}"), drops, dropped, name)
+        kept = [c.record for c in select(
+            candidates, cfg.ppl_docs_per_source, index, random.Random(f"{cfg.seed}:{name}"), drops, dropped, name
+        )]
         if not kept:
             raise ValueError(f"every {cfg.eval_split} document of source {source!r} was dropped ({dict(drops)}): see {DROPPED}")
         write_jsonl(out / ITEMS_DIR / f"{name}.jsonl", kept)
@@ -312,24 +334,35 @@ def build_suite_files(data_dir: Path, cfg: SuiteConfig, out: Path, final: Path) 
     for family, (build, scored_by) in FAMILIES.items():
         rng = random.Random(f"{cfg.seed}:{family}")
         items, drops = build(scored, cfg, rng)
-        kept = select(items, cfg.items_per_task, index, rng, drops, dropped, family)
         shot_items, shot_drops = build(shots, cfg, rng)
-        pool = select(shot_items, cfg.fewshot_pool, index, rng, shot_drops, dropped, f"{family}:fewshot")
+        # The prompt of a k-shot item is k examples and the item, so the pool holds the shortest
+        # clean examples and an item gets what the k longest of them leave: no prompt can overflow.
+        clean_shots = select(shot_items, None, index, rng, shot_drops, dropped, f"{family}:fewshot",
+                             cfg.max_prompt_chars // (cfg.num_fewshot + 1))
+        pool = sorted(clean_shots, key=lambda c: c.prompt_chars or 0)[: cfg.fewshot_pool]
+        longest = sorted((c.prompt_chars or 0 for c in pool), reverse=True)[: cfg.num_fewshot]
+        item_chars = cfg.max_prompt_chars - sum(longest) - cfg.num_fewshot * len(FEWSHOT_DELIMITER)
+        kept = select(items, cfg.items_per_task, index, rng, drops, dropped, family, item_chars)
         if not kept or len(pool) < cfg.num_fewshot:
             raise ValueError(
                 f"{family}: {len(kept)} items and {len(pool)} few-shot examples survived the checks "
                 f"({dict(drops)}, few-shot {dict(shot_drops)}); need at least 1 and {cfg.num_fewshot}: "
-                f"lower evals.suite.min_line_words / context_lines or hold out more data"
+                f"lower evals.suite.min_line_words / context_lines / num_fewshot, raise max_prompt_chars "
+                f"if the model's context allows, or hold out more data"
             )
         test_file, fewshot_file = final / ITEMS_DIR / f"{family}.jsonl", final / ITEMS_DIR / f"{family}.fewshot.jsonl"
-        write_jsonl(out / ITEMS_DIR / test_file.name, kept)
-        write_jsonl(out / ITEMS_DIR / fewshot_file.name, pool)
+        variant_file = final / ITEMS_DIR / f"{family}.variants.jsonl"
+        write_jsonl(out / ITEMS_DIR / test_file.name, [c.record for c in kept])
+        write_jsonl(out / ITEMS_DIR / variant_file.name, [c.record for c in kept[: cfg.variant_items]])
+        write_jsonl(out / ITEMS_DIR / fewshot_file.name, [c.record for c in pool])
         counts["tasks"][family] = _counts(len(items), drops, len(kept))
         counts["tasks"][f"{family}:fewshot"] = _counts(len(shot_items), shot_drops, len(pool))
-        for task_name, template in scored_by:
+        for position, (task_name, template) in enumerate(scored_by):
             for shots_k, name in ((0, task_name), (cfg.num_fewshot, f"{task_name}_{cfg.num_fewshot}shot")):
+                # The family's first task, zero-shot, scores every item; its variants the first variant_items.
+                scored_file = test_file if (position, shots_k) == (0, 0) else variant_file
                 tasks[name] = _render(
-                    template, task=name, test_file=test_file, fewshot_file=fewshot_file,
+                    template, task=name, test_file=scored_file, fewshot_file=fewshot_file,
                     num_fewshot=shots_k, max_gen_toks=cfg.max_gen_toks,
                 )
 

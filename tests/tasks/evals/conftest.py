@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from eval_corpus import write_curated
+from eval_corpus import lexicon, write_curated
+from models.llama import ModelConfig
 
 SIZES = {"train": 120, "validation": 24, "test": 24}
+# The tiny profile's context (256 tokens) and the smaller of its tokenizers' vocabularies.
+TINY_LM = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=2, n_kv_heads=2, intermediate_size=192, max_seq_len=256)
+# Standard deviation of the noise added to every weight of the worse candidate.
+WORSE_NOISE = 0.011
 
 
 @pytest.fixture
@@ -42,3 +49,45 @@ def mlflow_store(tmp_path: Path) -> Iterator[Path]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    """A curated dataset and tiny Llamas scored on it: a briefly trained champion, an exact copy, and a copy made worse."""
+
+    data_dir: Path
+    champion: Path
+    copy: Path
+    worse: Path
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """Trained once per module: the champion is trained 10 steps; ``worse`` is it with its weights blurred by seeded
+    noise, which raises its loss on every document a little (a known regression); ``copy`` is it byte for byte."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.tokenizer.config import TokenizerTrainingConfig
+    from tasks.tokenizer.hf import save_hf
+    from tasks.tokenizer.train import train_candidate
+    from tasks.data.document import iter_split
+    from tests.tiny_lm import save_tiny_lm
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    data_dir = root / "data"
+    # Words the tokenizer cannot learn whole, so that prompts take as many tokens as English text takes the tiny profile's.
+    write_curated(data_dir, {**SIZES, "validation": 48, "test": 48}, words=lexicon(2000), line_words=(2, 14))
+    tok_cfg = TokenizerTrainingConfig(candidates=["bpe"], vocab_sizes=[TINY_LM.vocab_size])
+    tokenizer = root / "tokenizer"
+    save_hf(train_candidate("bpe", TINY_LM.vocab_size, (d.text for d in iter_split(data_dir, "train")), tok_cfg), tok_cfg, tokenizer)
+    champion = save_tiny_lm(TINY_LM, tokenizer, data_dir, root / "champion", steps=10)
+    copy = shutil.copytree(champion, root / "copy")
+    model = AutoModelForCausalLM.from_pretrained(champion)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.add_(torch.randn(weight.shape, generator=generator) * WORSE_NOISE)
+    model.save_pretrained(root / "worse")
+    AutoTokenizer.from_pretrained(champion).save_pretrained(root / "worse")
+    return TinyModels(data_dir, champion, copy, root / "worse")

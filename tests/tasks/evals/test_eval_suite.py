@@ -58,6 +58,15 @@ def test_tasks_variants_and_every_candidate_accounted_for(built: tuple[Path, dic
     assert Path(fewshot["dataset_kwargs"]["data_files"]["test"]).exists()
 
 
+def test_variants_score_the_first_items_of_their_family(curated: Path, tmp_path: Path) -> None:
+    out = tmp_path / "variants"
+    build_suite_files(curated, SMALL.model_copy(update={"variant_items": 5}), out, out)
+    every = _items(out, "ladder_last_word.jsonl")
+    for task, scored in (("ladder_last_word", every), ("ladder_last_word_2shot", every[:5]), ("ladder_last_word_gen", every[:5])):
+        test_file = Path(yaml.safe_load((out / TASKS_DIR / f"{task}.yaml").read_text())["dataset_kwargs"]["data_files"]["test"])
+        assert [json.loads(line) for line in test_file.read_text().splitlines()] == scored, task
+
+
 def test_items_are_true_to_their_passages(curated: Path, built: tuple[Path, dict]) -> None:
     out, _ = built
     passages = {doc.id: lines_of(doc.text) for split in ("test", "validation") for doc in iter_split(curated, split)}

@@ -1,7 +1,11 @@
-"""The release gate's rules: floors in each metric's direction, stderr-aware regression, alignment tax, scaling gate."""
+"""The release gate's rules: floors in each metric's direction, paired regression and power, alignment tax, scaling gate."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from tasks.evals.config import GatePolicy
@@ -12,27 +16,50 @@ from tasks.evals.gate import (
     FLOOR,
     OVERRIDDEN,
     PASSED,
+    POWER,
     REGRESSION,
     SCALING,
     ScalingGate,
+    comparisons_figure,
     judge,
     report_markdown,
     scaling_outcome,
 )
-from tasks.evals.runner import Metric
+from tasks.evals.runner import Metric, Scores
+from tasks.evals.stats import ItemScores, ratio_metric
 
 POLICY = GatePolicy(
     floors={"ppl/bits_per_byte": 3.0, "cloze/acc": 0.3},
-    regression_margins={"ppl/bits_per_byte": 0.02, "cloze/acc": 0.01},
-    z=2.0,
+    regression_margins={"ppl/bits_per_byte": 0.02, "cloze/acc": 0.02},
     alignment_tax={"cloze/acc": 0.05},
 )
 ADVISORY_POLICY = POLICY.model_copy(update={"scaling_gate": "advisory"})
 MISSED = ScalingGate(FAILED, ["actual loss 3.1 is outside the interval"], prediction={"loss": 2.8}).to_dict()
 
 
-def table(bpb: float, acc: float, bpb_se: float = 0.001, acc_se: float = 0.01) -> dict[str, Metric]:
-    return {"ppl/bits_per_byte": Metric(bpb, bpb_se, False, 50), "cloze/acc": Metric(acc, acc_se, True, 200)}
+DOC_BYTES = 1000.0
+
+
+def scores(bpb: float | np.ndarray, acc: float | np.ndarray) -> Scores:
+    """A model's table and per-item results: 50 documents' bits per byte (one value or one per document) and
+    1000 items' accuracy (a rate, met by the first items, or one 0/1 score per item)."""
+    per_doc = np.broadcast_to(np.asarray(bpb, dtype=float), (50,))
+    loglikelihoods = tuple(-per_doc * math.log(2) * DOC_BYTES)
+    correct = acc if isinstance(acc, np.ndarray) else (np.arange(1000) < round(acc * 1000)).astype(float)
+    items = {
+        "ppl/bits_per_byte": ItemScores("bits_per_byte", tuple(f"d{i}" for i in range(50)), loglikelihoods, (DOC_BYTES,) * 50),
+        "cloze/acc": ItemScores("acc", tuple(f"q{i}" for i in range(1000)), tuple(correct)),
+    }
+    value, stderr = ratio_metric(list(zip(loglikelihoods, (DOC_BYTES,) * 50)), "bits_per_byte")
+    table = {
+        "ppl/bits_per_byte": Metric(value, stderr, False, 50),
+        "cloze/acc": Metric(float(correct.mean()), float(correct.std(ddof=1) / math.sqrt(1000)), True, 1000),
+    }
+    return Scores(table, items)
+
+
+def table(bpb: float, acc: float) -> dict[str, Metric]:
+    return scores(bpb, acc).table
 
 
 def failed(decision) -> set[tuple[str, str | None]]:
@@ -40,32 +67,64 @@ def failed(decision) -> set[tuple[str, str | None]]:
 
 
 def test_first_candidate_faces_the_floors_only_in_each_metric_direction() -> None:
-    assert judge(table(2.9, 0.31), POLICY).passed
-    decision = judge(table(3.1, 0.29), POLICY)
+    assert judge(scores(2.9, 0.31), POLICY).passed
+    decision = judge(scores(3.1, 0.29), POLICY)
     assert not decision.passed
     assert failed(decision) == {(FLOOR, "ppl/bits_per_byte"), (FLOOR, "cloze/acc")}
     assert any("no champion yet" in reason for reason in decision.reasons)
     assert decision.reasons[0].startswith("FAIL floor")  # failures first
 
 
-def test_a_regression_beyond_the_noise_fails_and_one_within_it_passes() -> None:
-    champion = table(2.0, 0.60)
-    # bits per byte: 0.03 worse, stderr tiny, so the 0.02 margin decides.
-    assert failed(judge(table(2.03, 0.60), POLICY, champion)) == {(REGRESSION, "ppl/bits_per_byte")}
-    # accuracy: 0.04 worse, but 2 x sqrt(0.02^2 + 0.02^2) = 0.057 of noise allows it.
-    assert judge(table(2.0, 0.56, acc_se=0.02), POLICY, {**champion, "cloze/acc": Metric(0.60, 0.02, True, 200)}).passed
-    # the same drop measured precisely is a regression.
-    precise = judge(table(2.0, 0.56, acc_se=0.001), POLICY, {**champion, "cloze/acc": Metric(0.60, 0.001, True, 200)})
-    assert failed(precise) == {(REGRESSION, "cloze/acc")}
-    assert precise.reasons[0].startswith("FAIL regression cloze/acc: candidate 0.5600 vs champion 0.6000: worse by +0.0400")
-    # better than the champion is never a regression.
-    assert judge(table(1.5, 0.9), POLICY, champion).passed
+def _unpaired_rule_passes(candidate: Metric, champion: Metric, margin: float, z: float = 2.0) -> bool:
+    """The rule the gate had before it paired items: allow max(margin, z x combined stderr)."""
+    allowance = max(margin, z * math.sqrt(candidate.stderr**2 + champion.stderr**2))
+    return champion.value - candidate.value <= allowance if candidate.higher_is_better else candidate.value - champion.value <= allowance
+
+
+def test_paired_items_catch_a_regression_the_unpaired_rule_let_through() -> None:
+    champion = scores(2.0, 0.60)
+    # 40 of the 600 items the champion gets right, the candidate gets wrong: 0.04 worse, twice the 0.02 margin.
+    worse = scores(2.0, 0.56)
+    assert _unpaired_rule_passes(worse.table["cloze/acc"], champion.table["cloze/acc"], 0.02)  # 0.04 < 2 x 0.022
+    decision = judge(worse, POLICY, champion)
+    assert failed(decision) == {(REGRESSION, "cloze/acc")}
+    (line,) = [r for r in decision.reasons if r.startswith("FAIL")]
+    assert line.startswith("FAIL regression cloze/acc: candidate 0.5600 vs champion 0.6000: worse by +0.0400, 95% interval [+0.0")
+    assert line.endswith("over 1000 paired items: the whole interval is beyond margin 0.02")
+    # bits per byte 0.03 worse on every document: a regression, however noisy the documents are between them.
+    assert failed(judge(scores(2.03, 0.60), POLICY, champion)) == {(REGRESSION, "ppl/bits_per_byte")}
+    # the champion itself, and a better candidate, pass with nothing to detect.
+    same = judge(champion, POLICY, champion)
+    assert same.passed and all(c.paired.high == 0 and c.detectable == 0 for c in same.comparisons)
+    assert judge(scores(1.5, 0.9), POLICY, champion).passed
+
+
+def test_a_difference_the_interval_cannot_rule_out_is_unresolved_and_the_power_check_says_what_would_resolve_it() -> None:
+    rng = np.random.default_rng(0)
+    champion_items = (rng.random(1000) < 0.6).astype(float)
+    # The candidate disagrees with the champion on 300 items, 150 each way: no worse on average, but noisy.
+    candidate_items = champion_items.copy()
+    disagree = np.concatenate([rng.choice(np.flatnonzero(champion_items == v), 150, replace=False) for v in (0, 1)])
+    candidate_items[disagree] = 1 - candidate_items[disagree]
+    champion, candidate = scores(2.0, champion_items), scores(2.0, candidate_items)
+    required = POLICY.model_copy(update={"regression_margins": {"cloze/acc": 0.02}, "underpowered": "fail"})
+    decision = judge(candidate, required, champion)
+    assert failed(decision) == {(REGRESSION, "cloze/acc"), (POWER, "cloze/acc")}
+    (comparison,) = decision.comparisons
+    assert comparison.outcome == "unresolved" and comparison.worse_low < 0.02 < comparison.worse_high
+    assert comparison.detectable > 0.02 and comparison.items_needed > 1000
+    power = next(r for r in decision.reasons if r.startswith("FAIL power"))
+    assert f"with 1000 paired items exceeds margin 0.02: the suite is underpowered; about {comparison.items_needed} items" in power
+    # Reported only, under the default policy, which does not require power.
+    reported = judge(candidate, POLICY.model_copy(update={"regression_margins": {"cloze/acc": 0.02}}), champion)
+    assert failed(reported) == {(REGRESSION, "cloze/acc")}
+    assert any(r.startswith("ADVISORY power cloze/acc") for r in reported.reasons)
 
 
 def test_alignment_tax_bound() -> None:
     base = table(2.0, 0.60)
-    assert failed(judge(table(2.0, 0.50), POLICY, base=base)) == {(ALIGNMENT_TAX, "cloze/acc")}
-    assert judge(table(2.0, 0.57), POLICY, base=base).passed
+    assert failed(judge(scores(2.0, 0.50), POLICY, base=base)) == {(ALIGNMENT_TAX, "cloze/acc")}
+    assert judge(scores(2.0, 0.57), POLICY, base=base).passed
 
 
 def _scaling(decision) -> str:
@@ -75,27 +134,27 @@ def _scaling(decision) -> str:
 
 def test_scaling_gate_outcomes_are_reported_as_what_they_are() -> None:
     # a miss under a required policy fails the check
-    required = judge(table(2.0, 0.6), POLICY, scaling_gate=MISSED)
+    required = judge(scores(2.0, 0.6), POLICY, scaling_gate=MISSED)
     assert failed(required) == {(SCALING, None)}
     assert _scaling(required).startswith("FAIL scaling_prediction: failed: actual loss 3.1")
     # an override lets it through, reported as overridden with its reason, not as a pass
     let_through = {**MISSED, "status": OVERRIDDEN, "override_reason": "approved by the lead"}
-    overridden = judge(table(2.0, 0.6), POLICY, scaling_gate=let_through)
+    overridden = judge(scores(2.0, 0.6), POLICY, scaling_gate=let_through)
     assert overridden.passed
     assert _scaling(overridden).startswith("OVERRIDDEN scaling_prediction: missed its prediction, overridden (approved by the lead)")
     # an advisory policy reports the miss as advisory
-    advisory = judge(table(2.0, 0.6), ADVISORY_POLICY, scaling_gate=MISSED)
+    advisory = judge(scores(2.0, 0.6), ADVISORY_POLICY, scaling_gate=MISSED)
     assert advisory.passed and _scaling(advisory).startswith("ADVISORY scaling_prediction")
     # the policy in force decides: a miss marked advisory fails under a required policy
-    assert failed(judge(table(2.0, 0.6), POLICY, scaling_gate={**MISSED, "status": ADVISORY})) == {(SCALING, None)}
-    assert _scaling(judge(table(2.0, 0.6), POLICY, scaling_gate={**MISSED, "status": PASSED})).startswith("PASS")
+    assert failed(judge(scores(2.0, 0.6), POLICY, scaling_gate={**MISSED, "status": ADVISORY})) == {(SCALING, None)}
+    assert _scaling(judge(scores(2.0, 0.6), POLICY, scaling_gate={**MISSED, "status": PASSED})).startswith("PASS")
     markdown = report_markdown(overridden, "promoted", {}, table(2.0, 0.6), POLICY)
     assert "| ⚠️ overridden | scaling_prediction | — | missed its prediction, overridden (approved by the lead)" in markdown
 
 
 def test_a_malformed_scaling_gate_is_refused() -> None:
     with pytest.raises(ValueError, match=r"missing \['status'\], unknown \['passed'\]"):
-        judge(table(2.0, 0.6), POLICY, scaling_gate={"passed": False, "reasons": []})
+        judge(scores(2.0, 0.6), POLICY, scaling_gate={"passed": False, "reasons": []})
     with pytest.raises(ValueError, match="not one of"):
         ScalingGate("skipped", [])
     with pytest.raises(ValueError, match="needs the reason it was overridden for"):
@@ -126,16 +185,22 @@ def test_the_pipeline_stops_only_at_a_miss_the_policy_requires_and_nobody_overro
     assert ScalingGate.from_dict(advisory.to_dict()) == advisory
 
 
-def test_report_names_the_outcome_every_reason_and_the_policy() -> None:
-    champion = table(2.0, 0.60)
-    decision = judge(table(2.5, 0.61), POLICY, champion)
-    markdown = report_markdown(decision, "rejected", {"candidate": "ladder-tiny version 2"}, table(2.5, 0.61), POLICY, champion)
+def test_report_names_the_outcome_every_reason_and_the_policy(tmp_path: Path) -> None:
+    champion = scores(2.0, 0.60)
+    decision = judge(scores(2.5, 0.61), POLICY, champion)
+    markdown = report_markdown(decision, "rejected", {"candidate": "ladder-tiny version 2"}, table(2.5, 0.61), POLICY, champion.table)
     assert markdown.startswith("# Release gate: REJECTED")
     assert "ladder-tiny version 2" in markdown
     for check in decision.checks:
         assert check.detail in markdown
-    assert "| ppl/bits_per_byte | 2.5000 ± 0.0010 | 2.0000 ± 0.0010 | lower |" in markdown
+    assert "| ppl/bits_per_byte | 2.5000 ± 0.0000 | 2.0000 ± 0.0000 | lower |" in markdown
+    assert "| ppl/bits_per_byte | 2.5000 | 2.0000 | +0.5000 | [+0.5000, +0.5000] | 0.02 | 0.0000 | 50 | 50 | regression |" in markdown
     assert "regression_margins:" in markdown
+    figure = comparisons_figure(decision.comparisons)
+    assert [ax.get_title(loc="left") for ax in figure.axes] == [
+        "cloze/acc: within (1000 paired items)", "ppl/bits_per_byte: regression (50 paired items)"]
+    figure.savefig(tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
 
 
 def test_policy_margins_are_amounts_of_worsening() -> None:

@@ -22,14 +22,15 @@ from ladder.workspace import Workspace
 from tasks.evals import registry
 from tasks.evals.config import GatePolicy
 from tasks.evals.gate import judge
-from tasks.evals.runner import Metric, MetricTable, table_to_dict
+from tasks.evals.runner import Metric, MetricTable, Scores, table_to_dict
 from tasks.evals.stage import Judgement, judge_and_record
+from tasks.evals.stats import ItemScores
 
 pytestmark = pytest.mark.slow
 
 # Each candidate is better than the other on one metric and no drop is allowed: whichever is
 # champion, the other regresses against it.
-POLICY = GatePolicy(floors={"a/acc": 0.3, "b/acc": 0.3}, regression_margins={"a/acc": 0.0, "b/acc": 0.0}, z=0.0, alignment_tax={})
+POLICY = GatePolicy(floors={"a/acc": 0.3, "b/acc": 0.3}, regression_margins={"a/acc": 0.0, "b/acc": 0.0}, alignment_tax={})
 
 
 def _free_port() -> int:
@@ -69,6 +70,13 @@ def _table(a: float, b: float) -> MetricTable:
     return {"a/acc": Metric(a, 0.01, True, 50), "b/acc": Metric(b, 0.01, True, 50)}
 
 
+def _scores(table: MetricTable) -> Scores:
+    """The table with per-item results that score it: the first items right."""
+    ids = tuple(f"q{i}" for i in range(50))
+    return Scores(table, {name: ItemScores("acc", ids, tuple(float(i < round(m.value * 50)) for i in range(50)))
+                          for name, m in table.items()})
+
+
 def test_two_concurrent_evaluations_promote_one_and_judge_the_other_against_it(server: str) -> None:
     name = "concurrent"
     tables = {"x": _table(0.6, 0.4), "y": _table(0.4, 0.6)}
@@ -82,8 +90,8 @@ def test_two_concurrent_evaluations_promote_one_and_judge_the_other_against_it(s
             asked[who].append(champion)
             if len(asked[who]) == 1:
                 both_judged.wait(timeout=60)
-            stored = registry.read_champion(name, champion).table if champion else None
-            return Judgement(None, judge(tables[who], POLICY, stored), f"runs:/{who}/gate_report.md")
+            stored = next(_scores(tables[w]) for w in tables if versions[w] == champion) if champion else None
+            return Judgement(None, judge(_scores(tables[who]), POLICY, stored), f"runs:/{who}/gate_report.md")
         return judge_against
 
     with ThreadPoolExecutor(2) as pool:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from lm_eval.api.metrics import bits_per_byte, weighted_perplexity
 
-from tasks.evals.runner import metric_table, ratio_metric
+from tasks.evals.runner import metric_table
+from tasks.evals.stats import ratio_metric
 
 
 def _pairs(seed: int, n: int) -> list[tuple[float, float]]:
