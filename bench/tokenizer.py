@@ -15,7 +15,8 @@ One run prints:
    pad-to-longest batching of the same tokens (one document per row, cut at the sequence
    length, batches of consecutive rows padded to their longest row). Ratio packed / padded.
 3. Loader throughput in tokens/s: ``tasks.train.loader.PackedLoader`` batches (inputs,
-   labels, position ids, block-diagonal masks) against reading the same rows from the
+   labels, position ids, document ids; the attention mask is made later, in the form the
+   model's kernel takes, by ``Batch.model_inputs``) against reading the same rows from the
    memory-mapped shards alone. Ratio loader / raw read.
 
 Times are CPU seconds of this process (``time.process_time``), the best of two runs, with
@@ -144,7 +145,7 @@ def loader_throughput(shards: PackedShards) -> None:
     order = np.random.default_rng(0).permutation(len(shards))[: batches * BATCH_SIZE].reshape(batches, BATCH_SIZE)
     raw_s, _ = best_time(lambda: [np.asarray(shards.tokens[np.sort(rows)], dtype=np.int64) for rows in order])
     print(f"\n3. loader: {batches} batches of {BATCH_SIZE} x {shards.seq_len}")
-    print(f"  PackedLoader (ids, labels, positions, masks) {tokens / loader_s:14,.0f} tokens/s")
+    print(f"  PackedLoader (ids, labels, positions, docs)  {tokens / loader_s:14,.0f} tokens/s")
     print(f"  memory-mapped rows alone                     {tokens / raw_s:14,.0f} tokens/s")
     print(f"  ratio loader/raw read: {raw_s / loader_s:.3f}x")
 

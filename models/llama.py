@@ -26,6 +26,7 @@ from ladder.config import Section
 
 if TYPE_CHECKING:
     import torch
+    from torch.nn.attention.flex_attention import BlockMask
     from transformers import PretrainedConfig, PreTrainedModel
 
 IGNORE_INDEX = -100
@@ -134,6 +135,59 @@ def attention_mask_for(mask: torch.Tensor, attn_implementation: str, dtype: torc
         additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
         return additive.masked_fill_(~mask, torch.finfo(dtype).min)
     raise ValueError(f"attn_implementation {attn_implementation!r} is not supported: use 'sdpa' or 'eager'")
+
+
+#: Tile of the block-sparse document mask (FlexAttention's default): queries and keys in
+#: 128-token blocks, so a document of a few hundred tokens touches a few tiles per row.
+ATTENTION_BLOCK = 128
+#: transformers' attention implementations that take a ``BlockMask`` (``document_block_mask``).
+BLOCK_MASK_KERNELS = ("flex_attention",)
+
+
+def document_block_mask(doc_ids: torch.Tensor, block_size: int = ATTENTION_BLOCK) -> BlockMask:
+    """Causal AND same-document attention over packed rows, as a block-sparse FlexAttention mask.
+
+    ``doc_ids`` (B, T): each token's document, -1 for padding; documents are contiguous runs
+    (packing writes them so) and padding comes last. Of the ceil(T / block_size)^2 tiles of a row, a
+    tile is left out when none of its queries shares a document with an earlier key, *full*
+    when query and key tiles lie in one document with the key tile strictly earlier (no mask is
+    evaluated there), and *partial* otherwise (``mask_mod`` decides per token). Built from each
+    tile's first and last document, O(B (T / block_size)^2): the (T, T) mask is never formed.
+    """
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask
+
+    batch, seq_len = doc_ids.shape
+    # Padding attends only to padding, as in the dense mask; ids above every document keep ids
+    # ascending. The last tile's positions past T (kernels pad to whole tiles) are one more
+    # document, so mask_mod can index them and they reach nothing real.
+    past_end = torch.iinfo(torch.long).max
+    docs = doc_ids.long().masked_fill(doc_ids < 0, past_end - 1)
+    docs = torch.cat([docs, docs.new_full((batch, -seq_len % block_size), past_end)], 1)  # (B, n * block_size)
+    if bool((docs[:, 1:] < docs[:, :-1]).any()):
+        raise ValueError("document ids must ascend along each row (contiguous documents, padding last)")
+    tiles = docs.view(batch, -1, block_size)
+    first, last = tiles[..., 0], tiles[..., -1]  # (B, n): ascending ids bound each tile's documents
+    n = tiles.shape[1]
+    q_tile = torch.arange(n, device=docs.device)[:, None]  # (n, 1)
+    kv_tile = torch.arange(n, device=docs.device)[None, :]  # (1, n)
+    # An earlier key tile's documents all end at or before the query tile's first one: they meet iff equal.
+    visited = (kv_tile <= q_tile) & (last[:, None, :] >= first[:, :, None])  # (B, n_q, n_kv)
+    one_doc = first == last  # (B, n)
+    full = (kv_tile < q_tile) & one_doc[:, :, None] & one_doc[:, None, :] & (first[:, :, None] == first[:, None, :])
+
+    def ordered(tile_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(count, indices) per query tile, the visited key tiles first, with a head dim of 1."""
+        counts = tile_mask.sum(-1, dtype=torch.int32)  # (B, n)
+        indices = torch.sort((~tile_mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)  # (B, n, n)
+        return counts[:, None], indices[:, None]
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return (q_idx >= kv_idx) & (docs[b, q_idx] == docs[b, kv_idx])
+
+    return BlockMask.from_kv_blocks(
+        *ordered(visited & ~full), *ordered(full), BLOCK_SIZE=block_size, mask_mod=mask_mod, seq_lengths=(seq_len, seq_len)
+    )
 
 
 def causal_lm_loss(

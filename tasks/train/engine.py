@@ -1,4 +1,4 @@
-"""The DeepSpeed engine: process group, deterministic kernels, config from infra/deepspeed, AdamW, one training step.
+"""The training engine: process group, deterministic kernels, DeepSpeed where it is needed, AdamW, one training step.
 
 Precision ``bf16`` is ``torch.autocast`` over fp32 weights, not DeepSpeed's bf16 mode (bf16
 weights with fp32 masters inside the optimizer): with fp32 weights the model's parameters
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from tasks.train.loader import Batch
+
+log = logging.getLogger(__name__)
 
 DEEPSPEED_DIR = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
 CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
@@ -145,15 +148,31 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     }
 
 
+def attention_kernel(choice: str, device: torch.device, dense_kernel: str) -> str:
+    """transformers' attention implementation for ``train.attention`` on ``device``."""
+    if choice == "auto":
+        choice = "flex" if device.type == "cuda" else "dense"
+    if choice == "flex" and device.type != "cuda":
+        raise ValueError(
+            "train.attention=flex trains on a GPU only: torch has no FlexAttention backward on CPU. "
+            "Use train.attention=dense or auto on this machine"
+        )
+    return "flex_attention" if choice == "flex" else dense_kernel
+
+
 class TrainEngine:
-    """A model wrapped by DeepSpeed with AdamW: ``loss``, ``backward`` and ``step`` per micro-batch."""
+    """A model with AdamW: ``loss``, ``backward`` and ``step`` per micro-batch.
+
+    DeepSpeed wraps the model only where it does something: several processes or a ZeRO stage.
+    One process at ZeRO 0 steps plain PyTorch, the same arithmetic without the engine's
+    per-step bookkeeping (gradient flattening and copies, micro-step hooks).
+    """
 
     def __init__(self, model: PreTrainedModel, cfg: TrainConfig, dist: Dist) -> None:
-        import deepspeed
-
         self.cfg = cfg
         self.dist = dist
-        self.attn_implementation = model.config._attn_implementation
+        # transformers reads the kernel per forward; save_pretrained does not write it.
+        model.set_attn_implementation(attention_kernel(cfg.attention, dist.device, model.config._attn_implementation))
         model.to(dist.device)
         # Norm gains are 1-D; decaying them toward 0 would fight the normalisation.
         decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -163,51 +182,78 @@ class TrainEngine:
             [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=opt.lr, betas=opt.betas, eps=opt.eps, fused=True,
         )
-        self.engine, *_ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(cfg, dist.world_size)
-        )
-        if dist.world_size == 1 and cfg.zero_stage == 0:
-            # Nothing to reduce, but DeepSpeed would still flatten and copy every gradient (3% of a
-            # step on CPU). ZeRO stages need that call: it moves gradients into their partitions.
-            self.engine.enable_backward_allreduce = False
-        self.autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        self.deepspeed: Any = None
+        if dist.world_size > 1 or cfg.zero_stage:
+            import deepspeed
 
-    @property
-    def module(self) -> PreTrainedModel:
-        return self.engine.module
+            self.deepspeed, *_ = deepspeed.initialize(
+                model=model, optimizer=optimizer, config=deepspeed_config(cfg, dist.world_size)
+            )
+            self.optimizer = self.deepspeed.optimizer
+        else:
+            deepspeed_config(cfg, dist.world_size)  # the same checks of the config and its file
+            self.optimizer = optimizer
+        self.module: PreTrainedModel = model
+        self.micro_steps = 0
+        self.forward = torch.compile(self.deepspeed or model) if cfg.compile else self.deepspeed or model
+        self._compile_pending = cfg.compile  # the first call compiles; train.compile falls back if that fails
+        self.autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
     def loss(self, batch: Batch, z_loss: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward one micro-batch; the loss is fp32 whatever the autocast dtype."""
-        inputs = batch.model_inputs(self.attn_implementation, torch.float32, self.dist.device)
+        inputs = batch.model_inputs(self.module.config._attn_implementation, torch.float32, self.dist.device)
         with self.autocast:
-            logits = self.engine(**inputs, use_cache=False).logits  # (B, T, V)
+            logits = self._forward(inputs).logits  # (B, T, V)
         return causal_lm_loss(logits, batch.labels.to(self.dist.device, non_blocking=True), z_loss)
 
+    def _forward(self, inputs: dict[str, Any]) -> Any:
+        if not self._compile_pending:
+            return self.forward(**inputs, use_cache=False)
+        self._compile_pending = False
+        try:
+            return self.forward(**inputs, use_cache=False)
+        except Exception as error:  # noqa: BLE001 -- whatever the compiler raises, train.compile promises a fallback
+            log.warning("torch.compile failed (%s: %s); training uncompiled", type(error).__name__, error)
+            self.forward = self.deepspeed or self.module
+            return self.forward(**inputs, use_cache=False)
+
     def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
+        if self.deepspeed is not None:
+            self.deepspeed.backward(loss)  # it divides by the accumulation steps itself
+        else:
+            (loss / self.cfg.grad_accumulation).backward()
 
     def step(self) -> torch.Tensor | None:
-        """Call after every micro-batch's backward (DeepSpeed counts micro-steps). After the
-        last one it applies the update and returns the pre-clip global grad norm; else None."""
-        if not self.engine.is_gradient_accumulation_boundary():
-            self.engine.step()
+        """Call after every micro-batch's backward. After the last one of an optimizer step it
+        applies the update and returns the pre-clip global grad norm; else None."""
+        self.micro_steps += 1
+        boundary = self.micro_steps % self.cfg.grad_accumulation == 0
+        if self.deepspeed is not None:
+            assert boundary == self.deepspeed.is_gradient_accumulation_boundary(), "micro-step counts disagree"
+        if not boundary:
+            if self.deepspeed is not None:
+                self.deepspeed.step()  # DeepSpeed counts micro-steps itself
             return None
         if self.cfg.zero_stage == 0:
             norm = torch.nn.utils.clip_grad_norm_(
-                self.engine.module.parameters(), self.cfg.grad_clip or float("inf"), foreach=True
+                self.module.parameters(), self.cfg.grad_clip or float("inf"), foreach=True
             )
-            self.engine.step()
+            if self.deepspeed is not None:
+                self.deepspeed.step()
+            else:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
             return norm
-        self.engine.step()
+        self.deepspeed.step()
         # ZeRO reports inf when the norm was not finite (it then skips the update itself).
-        return torch.as_tensor(self.engine.get_global_grad_norm(), dtype=torch.float32)
+        return torch.as_tensor(self.deepspeed.get_global_grad_norm(), dtype=torch.float32)
 
     def set_lr(self, lr: float) -> None:
-        for group in self.engine.optimizer.param_groups:
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
 
     def _base_optimizer(self) -> torch.optim.Optimizer:
-        return self.engine.optimizer.optimizer if self.cfg.zero_stage else self.engine.optimizer
+        return self.optimizer.optimizer if self.cfg.zero_stage else self.optimizer
 
     def optimizer_state(self) -> dict[str, Any]:
         """This rank's AdamW state (its partition under ZeRO): tensors and numbers only."""
@@ -215,38 +261,38 @@ class TrainEngine:
         if self.cfg.zero_stage != 3:
             return base.state_dict()
         # ZeRO-3 attaches its fp32 partitions to the param groups only around a step.
-        self.engine.optimizer._set_fp32_optimizer_param_groups()
+        self.optimizer._set_fp32_optimizer_param_groups()
         try:
             return base.state_dict()
         finally:
-            self.engine.optimizer._clear_fp32_optimizer_param_groups()
+            self.optimizer._clear_fp32_optimizer_param_groups()
 
     def load_optimizer_state(self, state: dict[str, Any]) -> None:
         base = self._base_optimizer()
         if self.cfg.zero_stage != 3:
             base.load_state_dict(state)
             return
-        self.engine.optimizer._set_fp32_optimizer_param_groups()
+        self.optimizer._set_fp32_optimizer_param_groups()
         try:
             base.load_state_dict(state)
         finally:
-            self.engine.optimizer._clear_fp32_optimizer_param_groups()
+            self.optimizer._clear_fp32_optimizer_param_groups()
 
     def full_weights(self) -> dict[str, torch.Tensor]:
         """The whole model's weights on CPU on rank 0 (every rank must call: ZeRO-3 gathers)."""
         if self.cfg.zero_stage == 3:
-            weights = dict(self.engine._zero3_consolidated_16bit_state_dict() or {})
+            weights = dict(self.deepspeed._zero3_consolidated_16bit_state_dict() or {})
             # It keeps tied weights shared; safetensors wants each tensor stored once.
             return {name: t.clone() if name in tied_names(weights) else t for name, t in weights.items()}
         if not self.dist.is_main:
             return {}
-        return {name: t.detach().to("cpu", copy=True) for name, t in self.engine.module.state_dict().items()}
+        return {name: t.detach().to("cpu", copy=True) for name, t in self.module.state_dict().items()}
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Overwrite the weights in place on every rank and refresh ZeRO's fp32 partitions."""
         import deepspeed
 
-        module = self.engine.module
+        module = self.module
         if self.cfg.zero_stage == 3:
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
                 if self.dist.is_main:
@@ -254,7 +300,7 @@ class TrainEngine:
         else:
             module.load_state_dict(weights)
         if self.cfg.zero_stage:
-            self.engine.optimizer.refresh_fp32_params()
+            self.optimizer.refresh_fp32_params()
 
 
 def tied_names(weights: dict[str, torch.Tensor]) -> dict[str, str]:

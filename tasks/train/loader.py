@@ -9,9 +9,11 @@ and every global batch has a number (``epoch * batches_per_epoch + i``) that all
 on, which is what ``skip`` and the spike guard's evidence refer to.
 
 Each batch carries what the model needs so that attention is causal *and* block-diagonal per
-document: position ids that restart at every document, a boolean (B, 1, T, T) mask, and
-labels that never ask a document's first token to be predicted from the document before it.
-Everything is derived from the shards' ``doc_index`` with array operations, no token loops.
+document: position ids that restart at every document, each token's document (from which
+``model_inputs`` makes the mask the model's kernel takes: a block-sparse ``BlockMask``, or a
+boolean (B, 1, T, T) mask only for the dense kernels), and labels that never ask a document's
+first token to be predicted from the document before it. Everything is derived from the
+shards' ``doc_index`` with array operations, no token loops.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.llama import IGNORE_INDEX, attention_mask_for
+from models.llama import BLOCK_MASK_KERNELS, IGNORE_INDEX, attention_mask_for, document_block_mask
 from tasks.train.shards import PackedShards
 
 
@@ -48,29 +50,46 @@ class Batch:
     input_ids: torch.Tensor  # (B, T) long
     labels: torch.Tensor  # (B, T) long, IGNORE_INDEX where nothing is to be predicted
     position_ids: torch.Tensor  # (B, T) long, 0 at every document start and at row start
-    attention_mask: torch.Tensor  # (B, 1, T, T) bool, True where query t may attend to key s
     doc_index: np.ndarray  # (B, T) int64, row of shards.docs per token, -1 for padding
     rows: np.ndarray  # (B,) int64, shard rows this batch was cut from
     index: int  # global batch number: epoch * batches_per_epoch + position in the epoch
     epoch: int
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, 1, T, T) bool, True where query t may attend to key s: made on demand, it grows with T^2."""
+        return torch.from_numpy(document_mask(self.doc_index))
 
     def model_inputs(
         self,
         attn_implementation: str,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Keyword arguments for the model's forward, the mask in the form the kernel honours."""
-        mask = self.attention_mask.to(device, non_blocking=True)
+    ) -> dict[str, Any]:
+        """Keyword arguments for the model's forward, the mask in the form the kernel honours:
+        a block-sparse ``BlockMask`` for FlexAttention (made on the host, where reading the
+        document ids costs no sync, then moved), else the dense mask."""
+        if attn_implementation in BLOCK_MASK_KERNELS:
+            mask = document_block_mask(torch.from_numpy(self.doc_index)).to(device or "cpu")
+        else:
+            mask = attention_mask_for(self.attention_mask.to(device, non_blocking=True), attn_implementation, dtype)
         return {
             "input_ids": self.input_ids.to(device, non_blocking=True),
             "position_ids": self.position_ids.to(device, non_blocking=True),
-            "attention_mask": attention_mask_for(mask, attn_implementation, dtype),
+            "attention_mask": mask,
         }
 
 
-def document_inputs(tokens: np.ndarray, doc_index: np.ndarray) -> dict[str, np.ndarray]:
-    """Labels, position ids and the document mask of packed rows (B, T).
+def document_mask(doc_index: np.ndarray) -> np.ndarray:
+    """The dense document mask (B, 1, T, T) of packed rows: causal AND same document."""
+    seq_len = doc_index.shape[1]
+    causal = np.tril(np.ones((seq_len, seq_len), dtype=bool))  # (T, T)
+    # Padding (-1) attends only to padding, so no query row is fully masked (sdpa would NaN).
+    return ((doc_index[:, :, None] == doc_index[:, None, :]) & causal)[:, None]
+
+
+def document_inputs(tokens: np.ndarray, doc_index: np.ndarray, dense_mask: bool = True) -> dict[str, np.ndarray]:
+    """Labels, position ids and (with ``dense_mask``) the dense document mask of packed rows (B, T).
 
     A label is the next token when it belongs to the same document, else ``IGNORE_INDEX``
     (the boundary token is not asked for the next document's first token; padding and each
@@ -88,11 +107,8 @@ def document_inputs(tokens: np.ndarray, doc_index: np.ndarray) -> dict[str, np.n
     starts[:, 1:] = doc_index[:, 1:] != doc_index[:, :-1]
     last_start = np.maximum.accumulate(np.where(starts, t, 0), axis=1)  # (B, T)
     position_ids = t - last_start
-
-    causal = np.tril(np.ones((seq_len, seq_len), dtype=bool))  # (T, T)
-    # Padding (-1) attends only to padding, so no query row is fully masked (sdpa would NaN).
-    mask = (doc_index[:, :, None] == doc_index[:, None, :]) & causal  # (B, T, T)
-    return {"labels": labels, "position_ids": position_ids, "attention_mask": mask[:, None]}
+    derived = {"labels": labels, "position_ids": position_ids}
+    return {**derived, "attention_mask": document_mask(doc_index)} if dense_mask else derived
 
 
 class PackedLoader:
@@ -224,12 +240,11 @@ class PackedLoader:
         rows = global_rows[self.rank :: self.world_size]
         tokens = self.shards.tokens[rows].astype(np.int64)  # (B, T)
         doc_index = self.shards.doc_index[rows].astype(np.int64)  # (B, T)
-        derived = document_inputs(tokens, doc_index)
+        derived = document_inputs(tokens, doc_index, dense_mask=False)
         return Batch(
             input_ids=torch.from_numpy(tokens),
             labels=torch.from_numpy(derived["labels"]),
             position_ids=torch.from_numpy(derived["position_ids"]),
-            attention_mask=torch.from_numpy(derived["attention_mask"]),
             doc_index=doc_index,
             rows=rows,
             index=index,

@@ -14,6 +14,7 @@ from models.llama import (
     build_model,
     causal_lm_loss,
     count_params,
+    document_block_mask,
     flops_per_token,
 )
 
@@ -145,3 +146,27 @@ def test_save_pretrained_reloads_with_auto_class(tmp_path, qk_norm: bool) -> Non
     input_ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=input_ids).logits, model(input_ids=input_ids).logits, rtol=0, atol=0)
+
+
+def test_document_block_mask_is_the_dense_mask_in_tiles() -> None:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    # Rows of 40 tokens in tiles of 8 (the last tile padded): documents across tiles, one
+    # spanning three, padding at the end of the second row.
+    docs = torch.tensor([[0] * 5 + [1] * 20 + [2] * 15, [7] * 9 + [8] * 24 + [-1] * 7])
+    mask = document_block_mask(docs, block_size=8)
+    # Its mask_mod is causal AND same document, padding attending only to padding...
+    b, q, kv = torch.meshgrid(torch.arange(2), torch.arange(40), torch.arange(40), indexing="ij")
+    same_doc = (docs[:, :, None] == docs[:, None, :]) & torch.ones(40, 40, dtype=torch.bool).tril()
+    assert torch.equal(mask.mask_mod(b, torch.zeros_like(b), q, kv), same_doc)
+    # ...and its tiles are the ones torch derives from that mask_mod over the whole (T, T) grid:
+    # a tile left out holds no allowed pair, a full one only allowed pairs.
+    derived = create_block_mask(mask.mask_mod, 2, None, 40, 40, device="cpu", BLOCK_SIZE=8)
+    assert torch.equal(mask.to_dense(), derived.to_dense())
+    assert torch.equal(mask.full_kv_num_blocks, derived.full_kv_num_blocks)
+    assert int(mask.full_kv_num_blocks.sum()) > 0 and int(mask.kv_num_blocks.sum()) < 2 * 5 * 5
+
+
+def test_document_block_mask_needs_contiguous_documents() -> None:
+    with pytest.raises(ValueError, match="ascend"):
+        document_block_mask(torch.tensor([[0, 0, 1, 1, 0, 0, 2, 2]]), block_size=4)
