@@ -281,20 +281,32 @@ def plot_loss_curve(run_dir: Path) -> Path:
 class MLflowCallback(Callback):
     """Metrics, spike events and system metrics into an MLflow run, from a background thread.
 
-    The loop only puts items on a bounded queue; a worker thread sends them. A tracking
-    server that is slow or gone costs the loop nothing: failures are counted and warned about
-    once, items that do not fit the queue are counted as dropped, and ``close`` waits at most
-    ``close_timeout`` seconds. The counts end up in the run's result.
+    The loop only puts items on a bounded queue; a worker thread sends them in order. A
+    tracking server that is slow or gone costs the loop nothing: an item that fails to send
+    stays at the head of the queue and is retried, waiting ``retry_min`` seconds and doubling up
+    to ``retry_max``, so an outage delays metrics and loses none once the server is back (an item
+    the server answers with a client error, which no retry would change, is counted and dropped). Each
+    metric keeps the time it was produced, so a retry of a batch the server did store is an exact
+    duplicate, which MLflow ignores. Items that do not fit the queue are counted as dropped;
+    ``close`` waits at most ``close_timeout`` seconds and counts what is still unsent. The counts
+    end up in the run's result; every metric is in ``metrics.jsonl`` regardless.
     """
 
     name = "mlflow"
 
-    def __init__(self, run_id: str, max_queue: int = 10_000, close_timeout: float = 30.0) -> None:
+    def __init__(
+        self, run_id: str, max_queue: int = 10_000, close_timeout: float = 30.0, retry_min: float = 0.2, retry_max: float = 2.0
+    ) -> None:
         self.run_id = run_id
         self.close_timeout = close_timeout
+        self.retry_min = retry_min
+        self.retry_max = retry_max
         self.queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=max_queue)
-        self.failed = 0
-        self.dropped = 0
+        self.failed = 0  # attempts that failed and were retried
+        self.dropped = 0  # items that never entered the queue
+        self.rejected = 0  # items the server refused for good (a 4xx answer): retrying cannot help
+        self.unsent = 0  # items still queued when close gave up
+        self.closing = threading.Event()  # set when close gives up: the worker stops retrying
         self.system_monitor: Any = None
         self.worker = threading.Thread(target=self._work, name="mlflow-logger", daemon=True)
         self.worker.start()
@@ -314,17 +326,26 @@ class MLflowCallback(Callback):
         client = MlflowClient()
         while (item := self.queue.get()) is not None:
             kind, payload = item
-            try:
-                if kind == "metrics":
-                    step, metrics = payload
-                    stamp = int(time.time() * 1000)
-                    client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, step) for k, v in metrics.items()])
-                else:
-                    client.log_batch(self.run_id, tags=[_tag(k, v) for k, v in payload.items()])
-            except Exception as err:  # noqa: BLE001 - no tracking failure may reach the loop
-                self.failed += 1
-                if self.failed == 1:
-                    log.warning("MLflow logging failed (training goes on, metrics are in metrics.jsonl): %s", err)
+            wait = self.retry_min
+            while not self.closing.is_set():
+                try:
+                    if kind == "metrics":
+                        step, stamp, metrics = payload
+                        client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, step) for k, v in metrics.items()])
+                    else:
+                        client.log_batch(self.run_id, tags=[_tag(k, v) for k, v in payload.items()])
+                    break
+                except Exception as err:  # noqa: BLE001 - no tracking failure may reach the loop
+                    if _refused(err):
+                        self.rejected += 1
+                        log.warning("MLflow refused a %s item (dropped; it is in metrics.jsonl): %s", kind, err)
+                        break
+                    self.failed += 1
+                    if self.failed == 1:
+                        log.warning("MLflow logging failed (training goes on; retrying, metrics are in metrics.jsonl): %s", err)
+                    self.closing.wait(wait)
+                    wait = min(2 * wait, self.retry_max)
+            self.queue.task_done()
 
     def on_start(self, trainer: Trainer) -> None:
         try:
@@ -337,7 +358,7 @@ class MLflowCallback(Callback):
         self._put("tags", {PEAK_TFLOPS: f"{trainer.peak_flops / 1e12:.3f}"})
 
     def on_log(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
-        self._put("metrics", (step, metrics))
+        self._put("metrics", (step, _now_ms(), metrics))
 
     def on_rollback(self, trainer: Trainer, event: SpikeEvent) -> None:
         spike = event.spike
@@ -351,7 +372,7 @@ class MLflowCallback(Callback):
         }
         if spike.threshold is not None:
             metrics["spike.threshold"] = spike.threshold
-        self._put("metrics", (spike.step, metrics))
+        self._put("metrics", (spike.step, _now_ms(), metrics))
         prefix = f"{SPIKE_PREFIX}{event.attempt}"
         self._put("tags", {
             f"{prefix}.step": spike.step,
@@ -363,18 +384,34 @@ class MLflowCallback(Callback):
         })
 
     def close(self) -> None:
+        deadline = time.monotonic() + self.close_timeout
         try:
             self.queue.put(None, timeout=self.close_timeout)
+            stop_marker = 1
         except queue.Full:
-            self.dropped += self.queue.qsize()
-        self.worker.join(self.close_timeout)
+            stop_marker = 0
+        self.worker.join(max(deadline - time.monotonic(), 0.0))
         if self.worker.is_alive():
-            log.warning("MLflow logging did not finish within %.0fs; the rest stays in metrics.jsonl", self.close_timeout)
+            self.closing.set()
+            self.unsent = self.queue.unfinished_tasks - stop_marker
+            log.warning("MLflow logging did not finish within %.0fs: %d items unsent (all are in metrics.jsonl)",
+                        self.close_timeout, self.unsent)
         if self.system_monitor is not None:
             try:
                 self.system_monitor.finish()
             except Exception as err:  # noqa: BLE001
                 log.warning("MLflow system metrics did not stop cleanly: %s", err)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _refused(err: Exception) -> bool:
+    """A 4xx answer other than 429 (too many requests): the request itself is wrong, not the server's state."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException) and 400 <= err.get_http_status_code() < 500 and err.get_http_status_code() != 429
 
 
 def _tag(key: str, value: Any) -> Any:

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from ladder.config import Section
 from models.llama import ModelConfig
 
-FaultKind = Literal["random_batch", "shard_window", "lr_multiply", "nan_loss"]
+FaultKind = Literal["random_batch", "shard_window", "lr_multiply", "nan_loss", "grad_spike"]
 
 
 class OptimizerConfig(Section):
@@ -86,14 +86,17 @@ class FaultConfig(Section):
     kind: FaultKind = Field(
         description="random_batch: uniform random tokens in the batches, in memory; shard_window: the shard rows of "
         "those batches overwritten in a copy of the training shards made for the run; lr_multiply: scale the LR by "
-        "factor; nan_loss: NaN loss."
+        "factor; nan_loss: NaN loss; grad_spike: factor added to one element of the step's gradient, the loss "
+        "unchanged (a bit flip's footprint)."
     )
     steps: int = Field(1, ge=1, description="Data faults: consecutive steps, from step, whose batches hold the bad tokens.")
     mode: Literal["garbage", "repeat"] = Field(
         "garbage", description="shard_window: garbage writes uniform random token ids, repeat one id (drawn from the "
         "seed) over every token of the rows; padding stays padding either way.",
     )
-    factor: float = Field(100.0, gt=0, description="lr_multiply: the learning-rate multiplier for that step.")
+    factor: float = Field(
+        100.0, gt=0, description="lr_multiply: the learning-rate multiplier for that step; grad_spike: the gradient value injected."
+    )
 
 
 class EvalConfig(Section):
@@ -143,6 +146,19 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16"] = Field(
         "bf16", description="bf16: autocast matmuls to bfloat16 over fp32 weights and optimizer state (CPU and GPU); fp32: none."
     )
+    attention: Literal["auto", "dense", "flex"] = Field(
+        "auto",
+        description="How packed documents are kept apart. dense: a (B, 1, T, T) mask for model.attn_implementation, "
+        "whose memory grows with T^2 whatever the documents; flex: a block-sparse document mask (128-token tiles) run "
+        "by PyTorch FlexAttention, which skips the tiles no document spans (training needs a GPU: torch has no "
+        "FlexAttention backward on CPU; its first call compiles for about 30 s). auto: flex on a GPU, dense on a CPU, "
+        "where sdpa's kernel with the dense mask is as fast as any uncompiled sparse one up to 2048 tokens (bench/train.py).",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the model: fused kernels after a compile of a minute or more on 2 CPU cores, which "
+        "the tiny profile's runs would not win back. When compiling fails, training goes on uncompiled with a warning.",
+    )
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage: 0 data parallel, 1 optimizer, 2 +gradients, 3 +weights sharded.")
     deepspeed_config: str | None = Field(
         None, description="DeepSpeed JSON with the cluster tuning (buckets, overlap); default infra/deepspeed/zero<stage>.json."
@@ -164,8 +180,11 @@ class TrainConfig(Section):
         False,
         description="Deterministic kernels (torch.use_deterministic_algorithms; on a GPU also "
         "CUBLAS_WORKSPACE_CONFIG=:4096:8), which bit-identical reruns and resumes on a GPU need (CPU runs are exact "
-        "without it). Costs: slower steps wherever the fast kernel is a nondeterministic one, an error instead of a "
-        "run for an op that has no deterministic kernel, about 24 MiB more GPU memory for cuBLAS.",
+        "without it; tests/tasks/train/test_kill_anywhere.py shows SIGKILL-and-resume ending bit-identical there). "
+        "Costs on a GPU, per PyTorch's reproducibility notes (not measured here): slower steps wherever the fast "
+        "kernel is a nondeterministic one (scatter/index_add-style ops and their backward passes), every new "
+        "tensor filled once (torch.utils.deterministic.fill_uninitialized_memory), an error instead of a run for an "
+        "op that has no deterministic CUDA kernel, and about 24 MiB more GPU memory for cuBLAS's fixed workspace.",
     )
     log_every: int = Field(10, ge=1, description="Steps between metric logs (loss, lr, grad norm, tokens/s, MFU).")
     peak_tflops: float | None = Field(

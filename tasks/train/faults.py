@@ -15,9 +15,10 @@ that replays the batches meets them again, one that skips them never does.
   garbage ids or one id repeated. Training reads the copy, so the corruption is the
   documents' own content, and the evidence names those documents.
 
-Faults of the state, ``lr_multiply`` (scale the step's learning rate) and ``nan_loss`` (a NaN
-loss), are transient upsets: each fires once, at its step, and is remembered (in checkpoints
-and the spike ledger), so replaying its step after a rollback does not inject it again.
+Faults of the state, ``lr_multiply`` (scale the step's learning rate), ``nan_loss`` (a NaN
+loss) and ``grad_spike`` (one huge gradient element, as a bit flip leaves), are transient
+upsets: each fires once, at its step, and is remembered (in checkpoints and the spike
+ledger), so replaying its step after a rollback does not inject it again.
 """
 
 from __future__ import annotations
@@ -103,9 +104,16 @@ class FaultInjector:
         labels[:, :-1] = torch.where(batch.labels[:, :-1] != IGNORE_INDEX, ids[:, 1:], IGNORE_INDEX)
         return dataclasses.replace(batch, input_ids=ids, labels=labels)
 
-    def loss(self, due: list[int], loss: torch.Tensor) -> torch.Tensor:
+    def loss(self, due: list[int], loss: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+        """The loss to back-propagate: NaN for ``nan_loss``; for ``grad_spike``, the same value whose
+        gradient has ``factor`` more on the first element of ``module``'s first parameter (ZeRO-3
+        partitions parameters: not there)."""
         if any(self.faults[i].kind == "nan_loss" for i in due):
             return loss * float("nan")
+        for i in due:
+            if self.faults[i].kind == "grad_spike":
+                element = next(module.parameters()).view(-1)[0]
+                loss = loss + self.faults[i].factor * (element - element.detach())
         return loss
 
 

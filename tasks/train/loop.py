@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import statistics
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ladder.artifacts import write_jsonl
 from models.llama import flops_per_token
 from tasks.train.callbacks import (
     Callback,
@@ -104,6 +106,7 @@ class Trainer:
         self.resumed_from: str | None = None
         self.skipped_checkpoints: list[dict[str, Any]] = []
         self._spike: Spike | None = None
+        self.stopped: dict[str, Any] | None = None  # set by request_stop: the run ends early, as is
         self._spike_data_end = 0
         self._unconfirmed: Checkpoint | None = None
         self._rare: tuple[np.ndarray, float] | None = None
@@ -118,6 +121,10 @@ class Trainer:
         """Roll back before the next step; ``data_end``: the mix number after the spike step's last batch."""
         self._spike = spike
         self._spike_data_end = data_end
+
+    def request_stop(self, step: int, reason: str) -> None:
+        """End the run after the current step (a detector whose framework stops the run on a spike)."""
+        self.stopped = {"step": step, "reason": reason}
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.dist.is_main:
@@ -180,7 +187,7 @@ class Trainer:
             cb.on_start(self)
         batches = iter(self.data)
         while True:
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and self.stopped is None:
                 out = self._train_step(batches)
                 for cb in self.callbacks:
                     cb.on_step(self, out)
@@ -210,6 +217,7 @@ class Trainer:
             / (self.peak_flops * self.dist.world_size),
             "peak_tflops_per_process": self.peak_flops / 1e12,
             "resumed_from": self.resumed_from,
+            "stopped": self.stopped,
             "skipped_checkpoints": self.skipped_checkpoints,
             "world_size": self.dist.world_size,
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
@@ -232,7 +240,7 @@ class Trainer:
                 injected.add(fault)
             batch = self.faults.batch(index, batch, self.dist.rank, self.dist.world_size)
             loss, _ = self.engine.loss(batch, self.model_cfg.z_loss)
-            loss = self.faults.loss(due, loss)
+            loss = self.faults.loss(due, loss, self.engine.module)
             self.engine.backward(loss)
             losses.append(loss.detach())
             grad_norm = self.engine.step()
@@ -347,21 +355,23 @@ class Trainer:
             fault=self.fault_at_step.get(spike.step),
             evidence=evidence,
         )
+        # The evidence and the callbacks' records (metrics file, plot, MLflow) come before the
+        # ledger commits the rollback: a crash after the commit finds nothing left to report, one
+        # before it redoes the rollback and reports it again rather than never.
+        if self.dist.is_main:
+            log.warning("spike guard: %s", event.summary())
+            evidence = self.run_dir / EVIDENCE_DIR / f"evidence-{event.attempt}.jsonl"
+            tmp = evidence.with_name(f".{evidence.name}.tmp")
+            write_jsonl(tmp, rows)
+            os.replace(tmp, evidence)
+        self._spike = None
+        for cb in self.callbacks:
+            cb.on_rollback(self, event)
         events.append({**event.to_dict(), "summary": event.summary()})
         if guard.skip_window:
             self.ledger["skips"] = [list(r) for r in merge_ranges([*map(tuple, self.ledger["skips"]), skipped])]
         self.ledger["fired_faults"] = sorted(self.faults.fired)
         self.store.write_ledger(self.ledger)
-        if self.dist.is_main:
-            log.warning("spike guard: %s", event.summary())
-            evidence_dir = self.run_dir / EVIDENCE_DIR
-            evidence_dir.mkdir(exist_ok=True)
-            with (evidence_dir / f"evidence-{event.attempt}.jsonl").open("w", encoding="utf-8") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, sort_keys=True) + "\n")
-        self._spike = None
-        for cb in self.callbacks:
-            cb.on_rollback(self, event)
 
     def _evidence(self, start: int, stop: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if self._rare is None:
@@ -402,8 +412,12 @@ def train(
     run_dir: Path,
     tokenizer_dir: Path | None = None,
     mlflow_run_id: str | None = None,
+    extra_callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``; returns the result (also ``result.json`` on rank 0).
+
+    ``extra_callbacks`` run first at every hook, before the guard, checkpoints and logs (the
+    spike suite's detectors: what they change about a step is what gets checkpointed).
 
     Raises ``RetryBudgetExhausted`` (its message reports every rollback) when spikes outlast
     ``spike_guard.max_retries``.
@@ -437,7 +451,7 @@ def train(
         engine = TrainEngine(model, cfg, dist)
         # On an accelerator the guard reads each step one step late, so the host never waits.
         lag = 1 if dist.device.type == "cuda" else 0
-        callbacks: list[Callback] = []
+        callbacks: list[Callback] = list(extra_callbacks)
         if cfg.spike_guard.enabled:
             callbacks.append(SpikeGuardCallback(cfg.spike_guard, lag))
         callbacks += [
@@ -457,7 +471,9 @@ def train(
                 cb.close()
         if dist.is_main:
             result["mlflow"] = next(
-                ({"failed": cb.failed, "dropped": cb.dropped} for cb in callbacks if isinstance(cb, MLflowCallback)), None
+                ({"failed": cb.failed, "dropped": cb.dropped, "rejected": cb.rejected, "unsent": cb.unsent}
+                 for cb in callbacks if isinstance(cb, MLflowCallback)),
+                None,
             )
             write_json_atomic(run_dir / RESULT, result)
     return result

@@ -97,6 +97,17 @@ def test_a_data_fault_lives_in_its_batches_and_is_the_same_on_any_number_of_rank
     assert faults.batch(6, clean, rank=0, world_size=1) is clean
 
 
+def test_a_grad_spike_puts_its_value_on_one_gradient_element_and_leaves_the_loss_as_it_was() -> None:
+    faults = FaultInjector([FaultConfig(step=2, kind="grad_spike", factor=1e6)], seed=0, vocab_size=VOCAB, batches_per_step=1)
+    module = torch.nn.Linear(3, 1, bias=False)
+    loss = module(torch.ones(1, 3)).sum()
+    spiked = faults.loss(faults.due(2), loss, module)
+    assert spiked.item() == loss.item()
+    spiked.backward()
+    assert module.weight.grad.tolist() == [[1.0 + 1e6, 1.0, 1.0]]
+    assert faults.due(3) == [] and faults.loss([], loss, module) is loss
+
+
 def test_a_repeat_window_overwrites_its_batches_rows_with_one_id_in_a_copy(shards_root: Path, tmp_path: Path) -> None:
     fault = FaultConfig(step=2, steps=2, kind="shard_window", mode="repeat")
     faults = FaultInjector([fault], seed=0, vocab_size=VOCAB, batches_per_step=2)
