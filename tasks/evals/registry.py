@@ -12,6 +12,12 @@ version that passes takes alias ``champion`` from its predecessor, which keeps i
 number, its eval run and its metrics, and is tagged with who replaced it. A manual promotion
 needs a reason, and for a version the gate rejected also an explicit override; both are tagged.
 
+Every alias move is tagged on the version that takes the alias: who (the MLflow account the
+server authenticated, else the local user), when, and why (the gate's report, or the manual
+reason). An override of the gate is also recorded on the registered model
+:data:`~ladder.services.OVERRIDES_MODEL`, which only release managers may write on a team's
+server: that write is the override permission, so anyone else is refused before anything moves.
+
 Two evaluations may finish at once: a decision is recorded only if the champion is still the
 version it was judged against, checked and written under :func:`champion_lock` (a
 compare-and-set); otherwise :class:`ChampionMoved` sends the candidate back to be judged again.
@@ -23,6 +29,7 @@ Registry state lives in tags and aliases only, so the standard clients read it:
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import socket
@@ -36,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ladder.config import content_hash
+from ladder.services import OVERRIDES_MODEL, create_overrides_model
 from ladder.tags import (
     COMPARED_TAG,
     DECISION_TAG,
@@ -96,6 +104,23 @@ def _client() -> MlflowClient:
     return MlflowClient()
 
 
+def actor() -> str:
+    """Who acts on the registry: the MLflow account (authenticated by a team's server), else the local user."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    return read_mlflow_creds().username or getpass.getuser()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _audit(alias: str, by: str, at: str) -> dict[str, str]:
+    """The tags recording who moved ``alias`` onto a version, and when."""
+    prefix = PROMOTION_TAG if alias == CHAMPION else f"{PROMOTION_TAG}.{alias}"
+    return {f"{prefix}.by": by, f"{prefix}.at": at}
+
+
 def alias_version(name: str, alias: str) -> str | None:
     """The version holding ``alias``, or None (also when the registered model does not exist yet)."""
     from mlflow.exceptions import MlflowException
@@ -135,7 +160,8 @@ def register_candidate(name: str, model_uri: str, tags: dict[str, str]) -> Model
     """A new version of ``name`` (created on first use) from a logged model, with alias ``challenger``."""
     import mlflow
 
-    version = mlflow.register_model(model_uri, name, tags={k: _tag_text(v) for k, v in tags.items()})
+    audit = _audit(CHALLENGER, actor(), _now())
+    version = mlflow.register_model(model_uri, name, tags={k: _tag_text(v) for k, v in {**tags, **audit}.items()})
     _client().set_registered_model_alias(name, CHALLENGER, version.version)
     return version
 
@@ -176,12 +202,17 @@ def decided_version(name: str, inputs: str) -> ModelVersion | None:
 
 
 def _take_champion(name: str, version: str, previous: str | None) -> None:
+    """Move ``champion`` to ``version``, tagged first with who and when, so that no move goes unrecorded."""
     client = _client()
+    by, at = actor(), _now()
+    for key, value in _audit(CHAMPION, by, at).items():
+        client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHAMPION, version)
     if alias_version(name, CHALLENGER) == str(version):
         client.delete_registered_model_alias(name, CHALLENGER)
     if previous is not None and previous != str(version):
-        client.set_model_version_tag(name, previous, SUPERSEDED_TAG, version)
+        for key, value in {SUPERSEDED_TAG: version, f"{SUPERSEDED_TAG}.by": by, f"{SUPERSEDED_TAG}.at": at}.items():
+            client.set_model_version_tag(name, previous, key, value)
 
 
 def _lock_tags(name: str) -> dict[str, str] | None:
@@ -295,6 +326,35 @@ def record_decision(
     return CHAMPION if decision.passed else CHALLENGER
 
 
+def _record_override(name: str, version: str, reason: str) -> None:
+    """Record an override of the gate on :data:`OVERRIDES_MODEL`; refused (PermissionError) to anyone who may not write it.
+
+    A single-user store gets the record model on first use; on a team's server the account
+    set-up creates it, so that only release managers hold write access to it.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client, by = _client(), actor()
+    # One tag per override, NAME/VERSION/TIME: MLflow allows neither ':' nor '+' in a tag key.
+    key = f"{name}/{version}/{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}"
+    record = _tag_text(json.dumps({"by": by, "at": _now(), "reason": reason}))
+    try:
+        try:
+            client.set_registered_model_tag(OVERRIDES_MODEL, key, record)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            create_overrides_model(client)
+            client.set_registered_model_tag(OVERRIDES_MODEL, key, record)
+    except MlflowException as err:
+        if err.get_http_status_code() != 403:
+            raise
+        raise PermissionError(
+            f"{by} may not override the release gate of {name}: only release managers may "
+            f"(write access to registered model {OVERRIDES_MODEL}; see infra/README.md)"
+        ) from None
+
+
 def promote_manually(name: str, version: str, reason: str, override_gate: bool = False) -> ModelVersion:
     """Make ``version`` the champion by hand; the reason (and any override of a rejection) is tagged.
 
@@ -311,12 +371,12 @@ def promote_manually(name: str, version: str, reason: str, override_gate: bool =
             f"{name} version {version} was rejected by the release gate:\n{found.tags.get(REASONS_TAG, '')}\n"
             f"promote it anyway only with --override-gate and a reason"
         )
+    if override_gate:
+        _record_override(name, version, reason.strip())
     tags = {
         PROMOTION_TAG: "manual",
         f"{PROMOTION_TAG}.reason": _tag_text(reason.strip()),
         f"{PROMOTION_TAG}.override_gate": str(override_gate).lower(),
-        f"{PROMOTION_TAG}.by": getpass.getuser(),
-        f"{PROMOTION_TAG}.at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
