@@ -27,10 +27,12 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/ladder run --profile tiny
 
-# Headless Chromium drives the Prefect and MLflow UIs in the browser test.
+# Headless Chromium drives the Prefect and MLflow UIs in the browser test; the authentication
+# test runs MLflow on a PostgreSQL cluster of its own, made with Debian's server binaries.
 test: $(STAMP)
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
-	for b in bench/*.py; do $(VENV)/bin/python $$b || exit 1; done
+	for b in data tokenizer train evals align spikes scaling; do $(VENV)/bin/python bench/$$b.py || exit 1; done

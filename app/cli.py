@@ -8,6 +8,7 @@ before any flow module is imported, since Prefect reads its settings at import t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -40,6 +41,12 @@ def main(
     """ladder: replicate an LLM as one reproducible, orchestrated pipeline."""
     ws = Workspace.from_env(root)
     os.environ["LADDER_ROOT"] = str(ws.root)
+    # Credentials (a team's servers) before configure: Prefect reads its client settings at import.
+    try:
+        services.load_secrets(ws)
+    except ValueError as err:
+        console.print(f"[red]secrets refused:[/] {err}")
+        raise typer.Exit(1) from None
     runtime.configure(ws)
 
 
@@ -61,7 +68,7 @@ def _print_config(profile: str, overrides: list[str] | None, sections: list[str]
 
 
 def _run_stage(name: str, sections: list[str], dry_run: bool, profile: str, overrides: list[str] | None,
-               flow: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+               flow: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
     if dry_run:
         _print_config(profile, overrides, sections)
         raise typer.Exit(0)
@@ -72,8 +79,10 @@ def _run_stage(name: str, sections: list[str], dry_run: bool, profile: str, over
     except ValueError as err:
         console.print(f"[red]{name} failed:[/] {err}")
         raise typer.Exit(1) from None
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    return result
+    # A stage's typed result, flattened for the table a person reads.
+    shown = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
+    shown["seconds"] = round(time.perf_counter() - started, 1)
+    return shown
 
 
 def _show(title: str, rows: dict[str, Any]) -> None:
@@ -86,11 +95,35 @@ def _show(title: str, rows: dict[str, Any]) -> None:
 @services_app.command("up")
 def services_up(
     host: Annotated[str, typer.Option(help="Bind address; loopback unless you mean to expose the UIs.")] = "127.0.0.1",
+    auth: Annotated[
+        bool, typer.Option("--auth", help="Ask for credentials (MLflow basic-auth, Prefect basic auth); secrets from "
+                           "$LADDER_SECRETS or ~/.config/ladder/secrets.env.")
+    ] = False,
 ) -> None:
     """Start the Prefect server (:4200) and MLflow tracking server (:5000) and wait until healthy."""
-    started = services.up(_workspace(), host=host)
+    try:
+        started = services.up(_workspace(), host=host, auth=auth)
+    except (ValueError, RuntimeError) as err:
+        console.print(f"[red]services up failed:[/] {err}")
+        raise typer.Exit(1) from None
     for svc in started:
         console.print(f"[green]{svc.name}[/] healthy at {svc.ui_url}")
+    if auth:
+        console.print("next: `ladder services accounts` creates the team's accounts", markup=False)
+
+
+@services_app.command("accounts")
+def services_accounts() -> None:
+    """Create the team's accounts on the auth-enabled MLflow server and grant each its role (as the admin)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        roles = services.set_up_accounts(runtime.mlflow_server_url(), services.accounts_from_env())
+    except (ValueError, MlflowException) as err:
+        console.print(f"[red]accounts failed:[/] {err}")
+        raise typer.Exit(1) from None
+    for username, role in roles.items():
+        console.print(f"{username}: {role}", markup=False)
 
 
 @services_app.command("down")
@@ -258,8 +291,13 @@ def run(
         typer.Option("--dataset", help="Train this dataset version (a DVC md5 ending in .dir, pulled from the remote if "
                      "not here) instead of curating the configured corpus."),
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print every library's log here instead of only into the log file.")
+    ] = False,
 ) -> None:
     """Run the whole pipeline on the configured corpus (the example corpus by default), or on one dataset version."""
+    from contextlib import nullcontext
+
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from flows.pipeline import pipeline_flow
@@ -269,16 +307,27 @@ def run(
         _print_config(profile, overrides, None)
         raise typer.Exit(0)
     started = time.perf_counter()
-    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console)
+    log_file = _workspace().state / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    output = nullcontext(None) if verbose else progress.logged_to(log_file)
     try:
-        with bar, progress.showing(_RichDisplay(bar)):
-            summary = pipeline_flow(profile=profile, overrides=overrides or [], dataset_md5=dataset)
-    except ValueError as err:
-        console.print(f"[red]pipeline stopped:[/] {err}")
-        raise typer.Exit(1) from None
+        with output as terminal:
+            shown = console if terminal is None else Console(file=terminal)
+            bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=shown)
+            try:
+                with bar, progress.showing(_RichDisplay(bar)):
+                    summary = pipeline_flow(profile=profile, overrides=overrides or [], dataset_md5=dataset)
+            except ValueError as err:
+                shown.print(f"[red]pipeline stopped:[/] {err}")
+                raise typer.Exit(1) from None
+    except BaseException:  # a stop or a crash: the log holds what led to it
+        if not verbose:
+            console.print(f"library logs: {log_file}", markup=False, highlight=False, soft_wrap=True)
+        raise
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     summary.update({f"{name} UI": url for name, url in services.urls().items()})
     _show("ladder pipeline summary", summary)
+    if not verbose:
+        console.print(f"library logs: {log_file} (--verbose prints them here)", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -367,12 +416,14 @@ def promote(
     ] = False,
 ) -> None:
     """Promote a model version to champion by hand (a rollback, or an override of the gate)."""
+    from mlflow.exceptions import MlflowException
+
     from tasks.evals import registry
 
     try:
         found = registry.resolve(ref)
         registry.promote_manually(found.name, found.version, reason, override_gate)
-    except ValueError as err:
+    except (ValueError, PermissionError, MlflowException) as err:
         console.print(f"[red]promote failed:[/] {err}")
         raise typer.Exit(1) from None
     console.print(f"{found.name} version {found.version} is now @{registry.CHAMPION} (manual: {reason})", markup=False)

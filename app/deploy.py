@@ -30,7 +30,6 @@ from ladder.workspace import Workspace
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
-    from prefect.task_runners import TaskRunner
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
 INFRA_DIR = CODE_ROOT / "infra"
@@ -171,20 +170,6 @@ def serve(names: list[str] | None = None) -> None:
 
     prefect_api_url()
     prefect_serve(*runner_deployments(names))
-
-
-def task_runner_for(address: str | None) -> TaskRunner:
-    """Dask on the cluster at ``address`` (``tcp://host:8786``) when given, else Prefect's threads.
-
-    Only tasks a flow ``.submit``s or ``.map``s run in parallel on either runner.
-    """
-    if not address:
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        return ThreadPoolTaskRunner()
-    from prefect_dask import DaskTaskRunner
-
-    return DaskTaskRunner(address=address)
 
 
 def data_event_id(md5: str) -> uuid.UUID:

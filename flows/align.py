@@ -9,6 +9,7 @@ from prefect import flow
 from app.project import ProjectConfig
 from flows.evals import evals_flow
 from ladder import progress
+from ladder.artifacts import ArtifactRef
 from ladder.config import load
 from ladder.tags import ALIGN_ITERATION, ALIGN_REFERENCE
 from ladder.workspace import Workspace
@@ -23,20 +24,23 @@ from tasks.evals.gate import check_policy
 from tasks.evals.runner import table_rows
 from tasks.evals.suite import build_suite
 from tasks.data.dataset import resolve_dataset
+from tasks.train.stage import TrainedModel
 
 
 @flow(name="align")
 def align_flow(
     profile: str = "tiny",
     overrides: list[str] | None = None,
+    base_model: TrainedModel | None = None,
     base_model_dir: str | None = None,
     dataset_md5: str | None = None,
-    lineage: dict[str, str] | None = None,
+    lineage: dict[str, ArtifactRef] | None = None,
     scaling_gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Align a base model: SFT on instruction data, then DPO on pairs of its own samples; measure gains and tax.
 
-    ``base_model_dir`` defaults to the registry's champion, else the latest pretrained model;
+    The base is ``base_model`` (what the train flow returned), else the checkpoint in ``base_model_dir``,
+    else the registry's champion, else the latest pretrained model;
     ``dataset_md5`` to the version in ``data.dvc``; ``lineage`` and ``scaling_gate`` are passed on to the
     evaluation of the aligned model (the ladder behind its base model, and the base's scaling gate). Returns the SFT and DPO model dirs, the
     table (one row per model: held-out instruction scores and eval-suite metrics), the DPO
@@ -52,7 +56,7 @@ def align_flow(
     md5 = dataset.md5
     suite = build_suite(ws, evals.suite, dataset)
     check_policy(evals.gate, suite.metrics)
-    base = resolve_base(ws, evals.registered_model, base_model_dir)
+    base = resolve_base(ws, evals.registered_model, base_model, base_model_dir)
     instructions = build_instructions(
         ws, cfg.instructions, dataset, [evals.suite.eval_split, evals.suite.fewshot_split], evals.suite.ngram
     )
@@ -83,8 +87,10 @@ def align_flow(
     log_report(align_run, summary.rows, margin, summary.passed, summary.markdown, {s.name: s.answers for s in scores})
     registration = None
     if cfg.register_candidate:
+        release = f"evals.registered_model={cfg.release_name(evals.registered_model)}"
         verdict = evals_flow(
-            profile=profile, overrides=overrides, model_dir=str(policy.model_dir), training_run_id=dpo_runs[-1],
+            profile=profile, overrides=[*(overrides or []), release], model_dir=str(policy.model_dir),
+            training_run_id=dpo_runs[-1],
             dataset_md5=md5, lineage=lineage, scaling_gate=scaling_gate,
             base_metrics=table_rows(scores[0].evals),
         )

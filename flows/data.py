@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from app.project import ProjectConfig
@@ -12,16 +10,15 @@ from ladder.config import load
 from ladder.workspace import Workspace
 from tasks.data.corpus import corpus_version, list_inputs
 from tasks.data.curate import curate
-from tasks.data.version import log_dataset, publish_summary, summarize, version_dataset
+from tasks.data.version import DataResult, log_dataset, publish_summary, summarize, version_dataset
 
 
 @flow(name="data")
-def data_flow(profile: str = "tiny", overrides: list[str] | None = None) -> dict[str, Any]:
+def data_flow(profile: str = "tiny", overrides: list[str] | None = None) -> DataResult:
     """Curate and version the dataset of ``profile`` (with dotted ``overrides`` of its ``data`` section).
 
-    Returns ``dataset_md5`` (the DVC md5, the dataset version), ``artifact_version``, ``cached`` (an
-    unchanged corpus and config did no work), ``counts`` (files, documents kept and quarantined by
-    reason, per split), ``data_docs`` (the quality report's HTML) and ``mlflow_run_id``.
+    Returns the dataset version (its DVC md5) with the data artifact it came from, whether it was
+    a cache hit (an unchanged corpus and config did no work), and the counts by reason and split.
     """
     progress.start("data")
     cfg = load(ProjectConfig, profile, overrides or []).data
@@ -31,6 +28,6 @@ def data_flow(profile: str = "tiny", overrides: list[str] | None = None) -> dict
     md5 = version_dataset(ws, artifact)
     summary = summarize(artifact, md5, cached, log_dataset(ws, cfg, artifact, md5, cached))
     publish_summary(summary)
-    shown = {"dataset_md5": md5, "kept": summary["counts"]["kept"], "quarantined": summary["counts"]["quarantined"], "cached": cached}
+    shown = {"dataset_md5": md5, "kept": summary.counts["kept"], "quarantined": summary.counts["quarantined"], "cached": cached}
     progress.finish("data", shown)
     return summary

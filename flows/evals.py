@@ -9,6 +9,7 @@ from prefect import flow
 
 from app.project import ProjectConfig
 from ladder import progress
+from ladder.artifacts import ArtifactRef
 from ladder.config import load
 from ladder.workspace import Workspace
 from tasks.evals.gate import check_policy
@@ -27,6 +28,7 @@ from tasks.evals.stage import (
 )
 from tasks.evals.suite import build_suite
 from tasks.data.dataset import resolve_dataset
+from tasks.train.stage import TrainedModel
 
 # What the progress display shows of a verdict.
 SHOWN = ("decision", "version", "alias", "reused")
@@ -36,10 +38,11 @@ SHOWN = ("decision", "version", "alias", "reused")
 def evals_flow(
     profile: str = "tiny",
     overrides: list[str] | None = None,
+    model: TrainedModel | None = None,
     model_dir: str | None = None,
     training_run_id: str | None = None,
     dataset_md5: str | None = None,
-    lineage: dict[str, str] | None = None,
+    lineage: dict[str, ArtifactRef] | None = None,
     scaling_gate: dict[str, Any] | None = None,
     base_metrics: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
@@ -50,9 +53,11 @@ def evals_flow(
     with ``reused``. If another evaluation moves the champion while this one judges, the
     candidate is judged again against the new champion before anything is recorded.
 
-    ``model_dir`` defaults to the latest train artifact's model; ``dataset_md5`` to the
-    version in ``data.dvc``. ``lineage`` names artifact versions the caller knows that are not
-    inputs of the model (``{"scaling": version}``): they are walked into its lineage too;
+    The candidate is ``model`` (what the train flow returned), else the checkpoint in
+    ``model_dir`` (trained elsewhere: ``training_run_id`` names its run), else the latest train
+    artifact's model; ``dataset_md5`` defaults to the version in ``data.dvc``. ``lineage`` names
+    artifacts the caller knows that are not inputs of the model (``{"scaling": ref}``): they are
+    walked into its lineage too;
     ``scaling_gate`` is the scaling-law gate's outcome (``tasks.evals.gate.ScalingGate.to_dict()``:
     ``status``, ``reasons``, ``override_reason``, ``prediction``); ``base_metrics`` are the ``metrics``
     this flow returned for the base model of an aligned candidate, for the alignment-tax bound.
@@ -66,7 +71,7 @@ def evals_flow(
     dataset = resolve_dataset(ws, dataset_md5)
     md5 = dataset.md5
     base = table_from_rows(base_metrics) if base_metrics is not None else None
-    candidate = resolve_candidate(ws, model_dir, training_run_id)
+    candidate = resolve_candidate(ws, model, model_dir, training_run_id)
     suite = build_suite(ws, cfg.suite, dataset)
     check_policy(cfg.gate, suite.metrics)
     inputs = judged_inputs(candidate, suite, cfg, base_metrics, scaling_gate)

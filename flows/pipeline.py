@@ -32,7 +32,8 @@ from tasks.align.report import ACCURACY
 from tasks.data.dataset import resolve_dataset
 from tasks.evals.gate import scaling_outcome
 from tasks.evals.stage import verdict_line
-from tasks.scaling.stage import STAGE as SCALING_STAGE, target_gate
+from tasks.scaling.plots import fidelity_line
+from tasks.scaling.stage import stored_fidelity, target_gate
 
 
 class GateStopped(ValueError):
@@ -63,25 +64,22 @@ def pipeline_flow(
     cfg = load(ProjectConfig, profile, overrides)
     ws = Workspace.from_env()
 
-    md5 = dataset_md5 or data_flow(**common)["dataset_md5"]
+    md5 = dataset_md5 or data_flow(**common).dataset_md5
     dataset = resolve_dataset(ws, md5)
     tok = tokenizer_flow(**common, dataset_md5=md5)
-    shards = {"shards_dir": tok["shards_dir"], "tokenizer_dir": tok["tokenizer_dir"], "dataset_md5": md5}
-    fitted = scaling_flow(**common, **shards)
-    target = train_flow(**common, **shards)
-    scaling_artifact = ws.store().lookup(SCALING_STAGE, fitted["scaling_version"])
-    scaling = target_gate(ws, scaling_artifact, cfg.scaling, target["final_val_loss"])
+    fitted = scaling_flow(**common, tokenized=tok.tokenized)
+    target = train_flow(**common, tokenized=tok.tokenized)
+    ladder_artifact = ws.store().get(fitted.ladder)
+    scaling = target_gate(ws, ladder_artifact, cfg.scaling, target.final_val_loss)
     scaling_release = scaling_outcome(scaling, cfg.evals.gate)
     if scaling_release.blocks:
         raise GateStopped("stopped before alignment by the scaling-law gate: " + "; ".join(scaling_release.reasons))
+    ladder = {"scaling": fitted.ladder}
     base = evals_flow(
-        **common, model_dir=target["model_dir"], training_run_id=target["mlflow_run_id"], dataset_md5=md5,
-        lineage={"scaling": fitted["scaling_version"]},
-        scaling_gate=scaling_release.to_dict(),
+        **common, model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release.to_dict(),
     )
     aligned = align_flow(
-        **common, base_model_dir=target["model_dir"], dataset_md5=md5,
-        lineage={"scaling": fitted["scaling_version"]}, scaling_gate=scaling_release.to_dict(),
+        **common, base_model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release.to_dict(),
     )
     registry = aligned["registry"]
     documents = dataset.info["counts"]["documents"]
@@ -90,12 +88,16 @@ def pipeline_flow(
         "dataset version (DVC md5)": md5,
         "documents kept / quarantined": f"{documents['kept']} / {quarantined.total()} ("
         + ", ".join(f"{reason} {count}" for reason, count in quarantined.most_common()) + ")",
-        "tokenizer": f"{tok['chosen']} ({tok['rule']})",
-        "ladder fit": ", ".join(f"{k}={v:.4g}" for k, v in fitted["fit"].items()),
-        "ladder self-check error (top rung)": f"{fitted['self_check_rel_error']:+.2%}",
-        "target prediction": f"{fitted['prediction']['loss']:.4f} [{fitted['prediction']['low']:.4f}, {fitted['prediction']['high']:.4f}]",
-        "target actual": f"{target['final_val_loss']:.4f}",
+        "tokenizer": f"{tok.chosen} ({tok.rule})",
+        "ladder fit": ", ".join(
+            f"{k} unidentified ({fitted.unidentified[k]})" if k in fitted.unidentified else f"{k}={v:.4g}"
+            for k, v in fitted.fit.items()
+        ),
+        "ladder self-check error (top rung)": f"{fitted.self_check_rel_error:+.2%}",
+        "target prediction": f"{fitted.prediction['loss']:.4f} [{fitted.prediction['low']:.4f}, {fitted.prediction['high']:.4f}]",
+        "target actual": f"{target.final_val_loss:.4f}",
         "scaling gate": f"{scaling_release.status} ({scaling['rel_error']:+.2%})",
+        "ladder fidelity": "\n".join(fidelity_line(row) for row in stored_fidelity(ladder_artifact, target.final_val_loss)),
         "base model gate": verdict_line(base),
         "held-out task score (base / SFT / DPO)": " / ".join(f"{row[ACCURACY]:.4f}" for row in aligned["table"]),
         "alignment": f"reward margin {aligned['reward_margin']:+.4f}, within tax bound: {aligned['passed_tax_bound']}",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from app.project import ProjectConfig
@@ -11,13 +9,13 @@ from ladder import progress
 from ladder.config import load
 from ladder.workspace import Workspace
 from tasks.data.dataset import resolve_dataset
-from tasks.tokenizer.stage import SHARDS_DIR, TOKENIZER_DIR, pack_shards, publish, train_and_select
+from tasks.tokenizer.stage import Tokenized, TokenizerResult, pack_shards, publish, train_and_select
 
 
 @flow(name="tokenizer")
 def tokenizer_flow(
     profile: str = "tiny", overrides: list[str] | None = None, dataset_md5: str | None = None
-) -> dict[str, Any]:
+) -> TokenizerResult:
     """Train, compare and select a tokenizer for a dataset version, then pack its splits.
 
     ``dataset_md5`` defaults to the version in the workspace's ``data.dvc``.
@@ -31,18 +29,9 @@ def tokenizer_flow(
     shards, shards_cached = pack_shards(ws, cfg.packing, dataset, tokenizer)
     cached = tokenizer_cached and shards_cached
     report = publish(ws, cfg, md5, tokenizer, shards, log_to_mlflow=not cached)
-    summary = {
-        "tokenizer_dir": str(tokenizer.path / TOKENIZER_DIR),
-        "tokenizer_version": tokenizer.version,
-        "shards_dir": str(shards.path / SHARDS_DIR),
-        "shards_version": shards.version,
-        "chosen": report["chosen"],
-        "rule": report["rule"],
-        "reason": report["reason"],
-        "table": report["table"],
-        "packing_efficiency": shards.metrics["packing_efficiency"],
-        "cached": cached,
-    }
-    shown = {key: summary[key] for key in ("chosen", "packing_efficiency", "cached")}
-    progress.finish("tokenizer", shown)
-    return summary
+    result = TokenizerResult(
+        Tokenized(md5, tokenizer.ref, shards.ref), report["chosen"], report["rule"], report["reason"], report["table"],
+        shards.metrics["packing_efficiency"], cached,
+    )
+    progress.finish("tokenizer", {"chosen": result.chosen, "packing_efficiency": result.packing_efficiency, "cached": cached})
+    return result

@@ -145,6 +145,21 @@ class StageOutput:
 
 
 @dataclass(frozen=True)
+class ArtifactRef:
+    """What one stage hands the next: a stage output named by its version, never by its path.
+
+    The store resolves it where the consumer runs, so a reference made on one machine names the
+    same bytes on another, and lineage and stage inputs record it as it is.
+    """
+
+    stage: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.stage}/{self.version}"
+
+
+@dataclass(frozen=True)
 class Artifact:
     """A complete, verified stage output."""
 
@@ -152,6 +167,10 @@ class Artifact:
     version: str
     path: Path
     manifest: dict[str, Any]
+
+    @property
+    def ref(self) -> ArtifactRef:
+        return ArtifactRef(self.stage, self.version)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -277,6 +296,16 @@ class ArtifactStore:
             return []
         manifests = [m for m in stage_dir.glob(f"*/{MANIFEST}") if not m.parent.name.startswith(".")]
         return [m.parent for m in sorted(manifests, key=lambda m: m.stat().st_mtime)]
+
+    def get(self, ref: ArtifactRef) -> Artifact:
+        """The artifact ``ref`` names; a ValueError saying how to build it when this store lacks it."""
+        found = self.lookup(ref.stage, ref.version)
+        if found is None:
+            raise ValueError(
+                f"no artifact {ref} in {self.root}: run the {ref.stage!r} stage here on the same inputs, "
+                "or set LADDER_ROOT to the workspace that built it"
+            )
+        return found
 
     def latest(self, stage: str) -> Artifact | None:
         """The most recently completed artifact of a stage (for stages run on their own)."""

@@ -19,12 +19,13 @@ from prefect.cache_policies import NO_CACHE
 
 from ladder.artifacts import Artifact, hash_files
 from ladder.config import content_hash
-from ladder.lineage import containing
 from ladder.tags import LINEAGE_PREFIX
 from ladder.workspace import Workspace
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tasks.train.stage import TrainedModel
 
 MODEL_DIR = "model"
 
@@ -98,24 +99,24 @@ def _download_champion(ws: Workspace, name: str, version: str) -> Path:
 
 
 @task(name="resolve-base-model", cache_policy=NO_CACHE)
-def resolve_base(ws: Workspace, registered_model: str, base_model_dir: str | None) -> ModelRef:
-    """The model to align: ``base_model_dir``, else the registry's champion, else the latest pretrained model."""
+def resolve_base(
+    ws: Workspace, registered_model: str, trained: TrainedModel | None, base_model_dir: str | None
+) -> ModelRef:
+    """The model to align: ``trained``, else ``base_model_dir``, else the registry's champion, else
+    the latest pretrained model."""
     from tasks.evals import registry
     from tasks.evals.stage import resolve_candidate
 
-    if base_model_dir is not None:
-        path = Path(base_model_dir).resolve()
-        check_model_dir(path)
-        # A model a stage trained is named by its artifact's version, so lineage walks on from it.
-        trained = containing(ws.store(), str(path))
-        return ModelRef(path, trained.version if trained else model_version(path))
-    champion = registry.alias_version(registered_model, registry.CHAMPION)
-    if champion is not None:
-        found = registry.resolve(f"{registered_model}/{champion}")
-        path = _download_champion(ws, registered_model, champion)
-        check_model_dir(path)
-        run = found.tags.get(f"{LINEAGE_PREFIX}training_runs")
-        return ModelRef(path, model_version(path), f"{registered_model}/{champion}", run)
-    candidate = resolve_candidate.fn(ws, None, None)
+    if trained is None and base_model_dir is None:
+        champion = registry.alias_version(registered_model, registry.CHAMPION)
+        if champion is not None:
+            found = registry.resolve(f"{registered_model}/{champion}")
+            path = _download_champion(ws, registered_model, champion)
+            check_model_dir(path)
+            run = found.tags.get(f"{LINEAGE_PREFIX}training_runs")
+            return ModelRef(path, model_version(path), f"{registered_model}/{champion}", run)
+    candidate = resolve_candidate.fn(ws, trained, base_model_dir, None)
     check_model_dir(candidate.model_dir)
-    return ModelRef(candidate.model_dir, model_version(candidate.model_dir), training_run_id=candidate.training_run_id)
+    # A model a stage trained is named by its artifact's version, so lineage walks on from it.
+    version = candidate.artifact.version if candidate.artifact else model_version(candidate.model_dir)
+    return ModelRef(candidate.model_dir, version, training_run_id=candidate.training_run_id)

@@ -155,9 +155,22 @@ class AlignConfig(Section):
     evaluation: AlignEvalConfig = Field(default_factory=AlignEvalConfig, description="Held-out instruction evaluation.")
     register_candidate: bool = Field(
         True,
-        description="Submit the final model to the evals flow: a registry candidate gated against the champion "
-        "and, for the alignment tax, against its base model.",
+        description="Submit the final model to the evals flow: a registry candidate gated against the aligned "
+        "champion and, for the alignment tax, against its base model.",
     )
+    registered_model: str | None = Field(
+        None,
+        description="The registered model aligned candidates are released under; None: the evals section's name "
+        "with '-chat' appended. A base model and its aligned derivative are separate releases, as published "
+        "model families ship them: an aligned candidate answers to its base through the alignment-tax bound, and "
+        "to the previous aligned champion through the regression margin. Judged under the base's name, the "
+        "aligned model would meet its own base as the champion and be held to the regression margin where "
+        "the tax bound is the policy.",
+    )
+
+    def release_name(self, base_name: str) -> str:
+        """The registered model an aligned candidate of ``base_name``'s models is judged under."""
+        return self.registered_model or f"{base_name}-chat"
 
     @model_validator(mode="after")
     def _lengths(self) -> "AlignConfig":

@@ -12,17 +12,19 @@ copied into ``ladder.lineage.*`` tags so versions can be searched by them.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ladder import lineage
-from ladder.artifacts import Artifact, ArtifactStore
+from ladder.artifacts import Artifact, ArtifactRef, ArtifactStore
 from ladder.lineage import Node
 from ladder.tags import LINEAGE_PREFIX
 from ladder.tracking import producing_run
 from ladder.workspace import Workspace
 from tasks.data.dataset import resolve_dataset
 from tasks.data.version import dvc_remote
+
+if TYPE_CHECKING:  # the stage imports this module to log what it collects
+    from tasks.evals.stage import Candidate
 
 LINEAGE_JSON = "lineage.json"
 DATASET_INPUT = "dataset"
@@ -42,16 +44,17 @@ def dataset_node(ws: Workspace, store: ArtifactStore, md5: str, runs: lineage.Ru
 
 def collect(
     ws: Workspace,
-    model_dir: Path,
-    training_run_id: str | None,
+    candidate: Candidate,
     eval_run_id: str,
     suite: Artifact,
     scaling_gate: dict[str, Any] | None = None,
-    extra: dict[str, str] | None = None,
+    extra: dict[str, ArtifactRef] | None = None,
 ) -> Node:
-    """The model's tree. ``extra`` maps names to artifact versions the caller knows (``scaling``): each is walked too.
+    """The candidate's tree. ``extra`` names artifacts the caller knows that are not the model's
+    inputs (``scaling``: the ladder that predicted it): each is walked too.
 
-    ``training_run_id`` is the caller's word for a model from outside the store, which has no manifest.
+    A candidate from outside the store has no manifest chain: its path and the caller's word for
+    its training run are all that is known.
     """
     from prefect.runtime import flow_run
 
@@ -72,15 +75,13 @@ def collect(
     def walk(artifact: Artifact) -> Node:
         return lineage.walk(store, artifact, runs, expand, seen)
 
-    model = lineage.containing(store, str(model_dir))
-    inputs: dict[str, Node] = {
-        # A checkpoint from outside the store has no manifest chain: its path is all that is known.
-        "model": walk(model) if model else {"value": str(model_dir), "mlflow_run": training_run_id or ""},
-        "eval_suite": walk(suite),
-    }
-    for name, version in sorted((extra or {}).items()):
-        found = lineage.find(store, version)
-        inputs[name] = walk(found) if found else {"value": version}
+    model: Node = (
+        walk(store.get(candidate.artifact)) if candidate.artifact
+        else {"value": str(candidate.model_dir), "mlflow_run": candidate.training_run_id or ""}
+    )
+    inputs: dict[str, Node] = {"model": model, "eval_suite": walk(suite)}
+    for name, ref in sorted((extra or {}).items()):
+        inputs[name] = walk(store.get(ref))
     if scaling_gate is not None:
         inputs["scaling_gate"] = {"value": scaling_gate.get("status", "unknown"),
                                   **{k: str(v) for k, v in sorted(scaling_gate.items()) if k != "status"}}

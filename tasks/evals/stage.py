@@ -13,20 +13,24 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import file_sha256
+from ladder.artifacts import ArtifactRef, file_sha256
 from ladder.config import content_hash
+from ladder.lineage import containing
 from ladder.tags import DATASET, EVAL_RUN, MODEL_DIR, SUITE_TAG, TRAINING_RUN
 from ladder.tracking import producing_run, stage_run
 from ladder.workspace import Workspace
 from tasks.evals import lineage, registry
 from tasks.evals.config import EvalConfig, RunConfig
-from tasks.evals.gate import Decision, ScalingGate, gate, report_markdown
-from tasks.evals.runner import Evaluation, MetricTable, run_lm_eval, table_rows, table_to_dict
+from tasks.evals.gate import GATE_PLOT, Decision, ScalingGate, comparisons_figure, gate, report_markdown
+from tasks.evals.runner import Evaluation, MetricTable, Scores, run_lm_eval, table_rows, table_to_dict
+from tasks.evals.stats import ItemResults, item_results_from_dict, item_results_to_dict
 from tasks.evals.suite import DROPPED, ITEMS_DIR, SUITE_JSON, Suite
+from tasks.train.stage import MODEL_DIR as TRAIN_MODEL_DIR, STAGE as TRAIN_STAGE, TrainedModel
 STAGE = "evals"
-TRAIN_STAGE = "train"
-TRAIN_MODEL_DIR = "model"  # the HF checkpoint (tokenizer files included) inside a train artifact
 GATE_REPORT = "gate_report.md"
+# Every metric item by item (tasks.evals.stats.ItemScores), so that a later candidate is paired
+# against this version without scoring it again.
+PER_ITEM = "per_item.json"
 # How often a candidate is judged again when concurrent evaluations keep moving the champion
 # before its decision is recorded; each time, another candidate was promoted in between.
 JUDGEMENTS = 3
@@ -38,6 +42,9 @@ class Candidate:
 
     model_dir: Path
     training_run_id: str | None
+    artifact: ArtifactRef | None = None
+    """The stage artifact holding the checkpoint, whose manifests its lineage walks; None for a
+    checkpoint from outside the store."""
 
 
 def weights_sha256(model_dir: Path) -> str:
@@ -113,48 +120,76 @@ def earlier_verdict(name: str, inputs: str, suite: Suite) -> dict[str, Any] | No
 
 @dataclass(frozen=True)
 class ChampionScores:
-    """The champion to compare with, scored on the current suite, and how that score was obtained."""
+    """The champion to compare with, scored on the current suite (table and per-item results), and how that score was obtained."""
 
     version: str
     table: MetricTable
+    items: ItemResults
     note: str
 
 
+def stored_items(eval_run_id: str) -> ItemResults | None:
+    """The per-item results an evals run logged; None for a run from before they were stored."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if not any(a.path == PER_ITEM for a in MlflowClient().list_artifacts(eval_run_id)):
+        return None
+    return item_results_from_dict(mlflow.artifacts.load_dict(f"runs:/{eval_run_id}/{PER_ITEM}"))
+
+
 @task(name="resolve-candidate", cache_policy=NO_CACHE)
-def resolve_candidate(ws: Workspace, model_dir: str | None, training_run_id: str | None) -> Candidate:
-    """``model_dir`` as given, or the model of the latest train artifact and the MLflow run that logged it."""
+def resolve_candidate(
+    ws: Workspace, trained: TrainedModel | None, model_dir: str | None, training_run_id: str | None
+) -> Candidate:
+    """The ``trained`` model, else ``model_dir`` as given, else the latest train artifact's model and
+    the MLflow run that logged it."""
+    store = ws.store()
+    if trained is not None:
+        return Candidate(trained.model_dir(store), trained.mlflow_run_id, trained.ref)
     if model_dir is not None:
         path = Path(model_dir).resolve()
         if not path.is_dir():
             raise ValueError(f"model dir {path} does not exist: pass a Hugging Face checkpoint directory")
-        return Candidate(path, training_run_id)
-    artifact = ws.store().latest(TRAIN_STAGE)
+        # A path a person passed may still lie inside an artifact; its manifests then give the lineage.
+        inside = containing(store, str(path))
+        return Candidate(path, training_run_id, inside.ref if inside else None)
+    artifact = store.latest(TRAIN_STAGE)
     if artifact is None:
         raise ValueError(f"no trained model under {ws.artifacts / TRAIN_STAGE}: run `ladder train` or pass a model dir")
     if training_run_id is None:
         training_run_id = producing_run(ws, artifact.version).get("mlflow_run")
-    return Candidate(artifact.path / TRAIN_MODEL_DIR, training_run_id)
+    return Candidate(artifact.path / TRAIN_MODEL_DIR, training_run_id, artifact.ref)
 
 
 @task(name="score-champion", cache_policy=NO_CACHE)
 def score_champion(name: str, version: str | None, suite: Suite, cfg: RunConfig) -> ChampionScores | None:
-    """Champion ``version``'s eval table on this suite: the stored one, or a fresh evaluation if its suite differs.
+    """Champion ``version``'s eval table and per-item results on this suite: the stored ones, or a fresh evaluation.
 
     None when there is no champion (``version`` None).
 
     Comparing numbers from two different suites (another dataset version, other items) would
-    judge the items rather than the models, so an outdated champion is scored again.
+    judge the items rather than the models, so an outdated champion is scored again; so is one
+    judged before per-item results were stored, since the gate pairs items.
     """
+    from mlflow.tracking import MlflowClient
+
     if version is None:
         return None
     champion = registry.read_champion(name, version)
     if champion.suite_version == suite.version:
-        return ChampionScores(champion.version, champion.table, f"version {champion.version}, scores from its own evaluation")
+        # The version's run is the evaluation that logged its model (as registry.read_champion reads its table).
+        items = stored_items(MlflowClient().get_model_version(name, champion.version).run_id)
+        if items is not None:
+            return ChampionScores(champion.version, champion.table, items, f"version {champion.version}, scores from its own evaluation")
+        why = "its evaluation stored no per-item results"
+    else:
+        why = f"it was evaluated on suite {champion.suite_version}"
     with tempfile.TemporaryDirectory(prefix="ladder-champion-") as tmp:
         model_dir, tokenizer_dir = registry.download(name, champion.version, Path(tmp))
-        table = run_lm_eval(model_dir, suite, cfg, tokenizer_dir).table
-    note = f"version {champion.version}, re-scored on suite {suite.version} (it was evaluated on suite {champion.suite_version})"
-    return ChampionScores(champion.version, table, note)
+        evaluation = run_lm_eval(model_dir, suite, cfg, tokenizer_dir)
+    note = f"version {champion.version}, re-scored on suite {suite.version} ({why})"
+    return ChampionScores(champion.version, evaluation.table, evaluation.per_item, note)
 
 
 def _requirements() -> list[str]:
@@ -198,6 +233,7 @@ def log_evaluation(
                         "eval_items_per_second": evaluation.items_per_second})
         mlflow.log_metrics(metrics)
         mlflow.log_dict(table_to_dict(evaluation.table), registry.METRICS_ARTIFACT)
+        mlflow.log_dict(item_results_to_dict(evaluation.per_item), PER_ITEM)
         mlflow.log_text(json.dumps(evaluation.results, indent=2, default=handle_non_serializable), "lm_eval/results.json")
         for task_name, samples in evaluation.samples.items():
             lines = "".join(json.dumps(s, default=handle_non_serializable) + "\n" for s in samples)
@@ -233,10 +269,10 @@ def collect_lineage(
     eval_run_id: str,
     suite: Suite,
     scaling_gate: dict[str, Any] | None,
-    extra: dict[str, str] | None,
+    extra: dict[str, ArtifactRef] | None,
 ) -> dict[str, Any]:
     """The model's chain (see :mod:`tasks.evals.lineage`), logged once as ``lineage.json`` in the eval run."""
-    tree = lineage.collect(ws, candidate.model_dir, candidate.training_run_id, eval_run_id, suite.artifact, scaling_gate, extra)
+    tree = lineage.collect(ws, candidate, eval_run_id, suite.artifact, scaling_gate, extra)
     lineage.log(eval_run_id, tree)
     return tree
 
@@ -274,6 +310,8 @@ def publish_report(
     client = MlflowClient()
     client.log_text(eval_run_id, markdown, GATE_REPORT)
     client.log_dict(eval_run_id, decision.to_dict(), "gate_decision.json")
+    if decision.comparisons:
+        client.log_figure(eval_run_id, comparisons_figure(decision.comparisons), GATE_PLOT)
     client.set_tag(eval_run_id, registry.DECISION_TAG, outcome)
     create_markdown_artifact(key="eval-gate-report", markdown=markdown, description=f"Release gate: {outcome}")
     create_table_artifact(
@@ -298,9 +336,15 @@ def judge_against(
     champion: str | None, *, cfg: EvalConfig, suite: Suite, table: MetricTable, base: MetricTable | None,
     scaling_gate: dict[str, Any] | None, eval_run_id: str, facts: dict[str, str],
 ) -> Judgement:
-    """Score champion version ``champion`` on the suite, apply the release gate to ``table``, publish the report."""
+    """Score champion version ``champion`` on the suite, apply the release gate to ``table``, publish the report.
+
+    The candidate's per-item results are read back from its eval run: the gate judges what is stored.
+    """
     scores = score_champion(cfg.registered_model, champion, suite, cfg.run)
-    decision = gate(table, cfg.gate, scores.table if scores else None, base, scaling_gate)
+    items = stored_items(eval_run_id)
+    if items is None:
+        raise ValueError(f"eval run {eval_run_id} holds no {PER_ITEM}: log the evaluation (log_evaluation) before judging it")
+    decision = gate(Scores(table, items), cfg.gate, Scores(scores.table, scores.items) if scores else None, base, scaling_gate)
     shown = {**facts, "compared with": scores.note if scores else "no champion yet"}
     return Judgement(scores, decision, publish_report(eval_run_id, decision, shown, table, cfg, scores, base))
 

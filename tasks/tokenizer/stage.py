@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from tokenizers import Tokenizer
 
-from ladder.artifacts import Artifact, Code, StageOutput
+from ladder.artifacts import Artifact, ArtifactRef, Code, StageOutput
 from ladder.tags import DATASET, TOKENIZER
 from ladder.workspace import Workspace
 from tasks.data.dataset import Dataset
@@ -37,6 +38,8 @@ from tasks.tokenizer.hf import save_hf
 from tasks.tokenizer.pack import pack_split
 from tasks.tokenizer.train import candidate_name, load_encoder, sample_rate, train_candidate, training_texts
 
+TOKENIZER_STAGE = "tokenizer"
+SHARDS_STAGE = "shards"
 TOKENIZER_DIR = "tokenizer"
 CANDIDATES_DIR = "candidates"
 SHARDS_DIR = "shards"
@@ -51,6 +54,35 @@ SUMMARY_COLUMNS = [
     "candidate", "vocab_size", "bytes_per_token", "fertility", "rare_token_mass",
     "vocab_utilisation", "round_trip_exact", "train_seconds", "encode_mb_per_s",
 ]
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """What the tokenizer stage hands training: one dataset version's tokenizer and its packed shards."""
+
+    dataset_md5: str
+    tokenizer: ArtifactRef
+    shards: ArtifactRef
+
+    @classmethod
+    def of_shards(cls, shards: Artifact) -> "Tokenized":
+        """The hand-off a ``shards`` artifact was built for, read from its manifest's inputs."""
+        inputs = shards.manifest["inputs"]
+        return cls(inputs["dataset"], ArtifactRef(TOKENIZER_STAGE, inputs["tokenizer"]), shards.ref)
+
+
+@dataclass(frozen=True)
+class TokenizerResult:
+    """The tokenizer flow's result: the hand-off to training and the comparison people read."""
+
+    tokenized: Tokenized
+    chosen: str
+    rule: str
+    reason: str
+    table: list[dict[str, Any]]
+    """One row per candidate (``SUMMARY_COLUMNS``) on the validation split."""
+    packing_efficiency: float
+    cached: bool
 
 
 def evaluate_candidate(
@@ -127,7 +159,7 @@ def build_shards(data_dir: Path, tokenizer_dir: Path, packing: PackingConfig, ou
 def train_and_select(ws: Workspace, cfg: TokenizerTrainingConfig, dataset: Dataset) -> tuple[Artifact, bool]:
     """The ``tokenizer`` artifact for this dataset and config: ``(artifact, cached)``."""
     return ws.store().run_stage(
-        "tokenizer",
+        TOKENIZER_STAGE,
         cfg,
         {"dataset": dataset.md5},
         lambda out: build_tokenizer(dataset.path, cfg, out),
@@ -141,7 +173,7 @@ def pack_shards(
 ) -> tuple[Artifact, bool]:
     """The ``shards`` artifact of every split packed with ``tokenizer``: ``(artifact, cached)``."""
     return ws.store().run_stage(
-        "shards",
+        SHARDS_STAGE,
         packing,
         {"dataset": dataset.md5, "tokenizer": tokenizer.version},
         lambda out: build_shards(dataset.path, tokenizer.path / TOKENIZER_DIR, packing, out),

@@ -22,11 +22,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ladder.artifacts import MANIFEST, Artifact, Code, StageOutput, hash_files, stage_version
-from ladder.config import content_hash
+from ladder.artifacts import Artifact, ArtifactRef, ArtifactStore, Code, StageOutput, stage_version
 from ladder.tags import ARTIFACT_VERSION, LOADER_SEED, input_tags
 from ladder.workspace import Workspace
-from tasks.tokenizer.stage import SHARDS_DIR, TOKENIZER_DIR
+from tasks.tokenizer.stage import SHARDS_DIR, SHARDS_STAGE, TOKENIZER_DIR, Tokenized
 from tasks.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -38,10 +37,8 @@ CODE = Code(
     ("tasks.train", "tasks.tokenizer.shards", "models"),
     ("torch", "deepspeed", "transformers", "numpy"),
 )
-# The tokenizer stage's artifacts: <shards>/shards/<split>/ and <tokenizer>/tokenizer/.
-SHARDS_STAGE = "shards"
-TOKENIZER_STAGE = "tokenizer"
-COPIED = ("model", "metrics.jsonl", "loss_curve.png", "result.json", "spikes", "checkpoints/ledger.json")
+MODEL_DIR = "model"
+COPIED = (MODEL_DIR, "metrics.jsonl", "loss_curve.png", "result.json", "spikes", "checkpoints/ledger.json")
 
 
 @dataclass(frozen=True)
@@ -50,45 +47,23 @@ class TrainInputs:
 
     train_shards: Path
     val_shards: Path
-    tokenizer_dir: Path | None
+    tokenizer_dir: Path
     versions: dict[str, str] = field(default_factory=dict)
 
 
-def directory_version(path: Path) -> str:
-    """The version of a directory: its artifact's, if it is inside one, else a hash of its files."""
-    for parent in [path, *path.parents]:
-        if (parent / MANIFEST).exists():
-            return parent.name
-    return content_hash(hash_files(path))
-
-
-def resolve_inputs(
-    ws: Workspace, shards_dir: str | None, tokenizer_dir: str | None, dataset_md5: str | None
-) -> TrainInputs:
-    """Shards from ``shards_dir`` (holding ``train/`` and ``validation/``) or the latest ``shards`` artifact."""
-    versions: dict[str, str] = {}
-    if shards_dir is None:
-        shards = ws.store().latest(SHARDS_STAGE)
-        if shards is None:
-            raise ValueError(f"no '{SHARDS_STAGE}' artifact in {ws.artifacts}: run `ladder tokenizer` first, or pass shards_dir")
-        root = shards.path / SHARDS_DIR
-        versions["shards"] = shards.version
-        upstream = shards.manifest.get("inputs", {})
-        if tokenizer_dir is None and "tokenizer" in upstream:
-            candidate = ws.artifacts / TOKENIZER_STAGE / upstream["tokenizer"] / TOKENIZER_DIR
-            tokenizer_dir = str(candidate) if candidate.exists() else None
-        dataset_md5 = dataset_md5 or upstream.get("dataset")
-    else:
-        root = Path(shards_dir)
-        versions["shards"] = directory_version(root)
-    for split in ("train", "validation"):
-        if not (root / split / "index.json").exists():
-            raise ValueError(f"no packed '{split}' split under {root}: pass the shards directory the tokenizer stage wrote")
-    if tokenizer_dir is not None:
-        versions["tokenizer"] = directory_version(Path(tokenizer_dir))
-    if dataset_md5:
-        versions["dataset"] = dataset_md5
-    return TrainInputs(root / "train", root / "validation", Path(tokenizer_dir) if tokenizer_dir else None, versions)
+def resolve_inputs(ws: Workspace, tokenized: Tokenized | None) -> TrainInputs:
+    """The shards and tokenizer ``tokenized`` names, found in this workspace's store; by default
+    the latest ``shards`` artifact and the tokenizer and dataset it was built from."""
+    store = ws.store()
+    if tokenized is None:
+        latest = store.latest(SHARDS_STAGE)
+        if latest is None:
+            raise ValueError(f"no '{SHARDS_STAGE}' artifact in {ws.artifacts}: run `ladder tokenizer` first")
+        tokenized = Tokenized.of_shards(latest)
+    root = store.get(tokenized.shards).path / SHARDS_DIR
+    tokenizer = store.get(tokenized.tokenizer)
+    versions = {"shards": tokenized.shards.version, "tokenizer": tokenized.tokenizer.version, "dataset": tokenized.dataset_md5}
+    return TrainInputs(root / "train", root / "validation", tokenizer.path / TOKENIZER_DIR, versions)
 
 
 # The scaling stage trains rungs in threads, and transformers' from_pretrained swaps class
@@ -113,7 +88,7 @@ def _log_outputs(out: Path) -> None:
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model_dir = out / "model"
+        model_dir = out / MODEL_DIR
         with _LOADING:
             components: dict[str, Any] = {"model": AutoModelForCausalLM.from_pretrained(model_dir)}
         if (model_dir / "tokenizer_config.json").exists():
@@ -187,11 +162,9 @@ def build_training(
 
 # The stage contract caches by version, so Prefect's own cache is off.
 @task(name="resolve-train-inputs", cache_policy=NO_CACHE)
-def resolve_inputs_task(
-    ws: Workspace, shards_dir: str | None, tokenizer_dir: str | None, dataset_md5: str | None
-) -> TrainInputs:
+def resolve_inputs_task(ws: Workspace, tokenized: Tokenized | None) -> TrainInputs:
     """Prefect wrapper of ``resolve_inputs``."""
-    return resolve_inputs(ws, shards_dir, tokenizer_dir, dataset_md5)
+    return resolve_inputs(ws, tokenized)
 
 
 def _not_a_spike_report(task: Any, task_run: Any, state: Any) -> bool:
@@ -230,23 +203,47 @@ def train_model(
         raise
 
 
+@dataclass(frozen=True)
+class TrainedModel:
+    """What training hands evaluation and alignment: the model's artifact and the run that logged it."""
+
+    ref: ArtifactRef
+    mlflow_run_id: str | None
+
+    def model_dir(self, store: ArtifactStore) -> Path:
+        """The HF checkpoint (tokenizer beside it) in ``store``."""
+        return store.get(self.ref).path / MODEL_DIR
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The train flow's result: the model and how its run went."""
+
+    model: TrainedModel
+    final_val_loss: float
+    steps: int
+    spike_events: int
+    """How many times the spike guard rolled back."""
+    tokens_per_s: float
+    mfu: float
+    cached: bool
+
+
 @task(name="publish-train-report", cache_policy=NO_CACHE, retries=2)
-def publish(artifact: Artifact, cached: bool) -> dict[str, Any]:
-    """A Prefect markdown artifact of the run and its spike events; returns the flow's summary."""
+def publish(artifact: Artifact, cached: bool) -> TrainResult:
+    """A Prefect markdown artifact of the run and its spike events; returns the flow's result."""
     result = json.loads(artifact.file("result.json").read_text())
     if not cached:
         _markdown_artifact(result["spike_events"], result=result)
-    return {
-        "model_dir": str(artifact.path / "model"),
-        "final_val_loss": result["final_val_loss"],
-        "steps": result["steps"],
-        "spike_events": len(result["spike_events"]),
-        "mlflow_run_id": result.get("mlflow_run_id"),
-        "cached": cached,
-        "tokens_per_s": result["tokens_per_s"],
-        "mfu": result["mfu"],
-        "artifact_version": artifact.version,
-    }
+    return TrainResult(
+        model=TrainedModel(artifact.ref, result.get("mlflow_run_id")),
+        final_val_loss=result["final_val_loss"],
+        steps=result["steps"],
+        spike_events=len(result["spike_events"]),
+        tokens_per_s=result["tokens_per_s"],
+        mfu=result["mfu"],
+        cached=cached,
+    )
 
 
 def _markdown_artifact(events: list[dict[str, Any]], result: dict[str, Any] | None = None, failure: str | None = None) -> None:

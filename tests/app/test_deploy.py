@@ -59,16 +59,6 @@ def test_record_data_version_emits_each_version_once(tmp_path, prefect_harness):
     assert deploy.emitted_versions(ws) == [MD5_A, MD5_B]
 
 
-def test_task_runner_is_dask_only_with_a_cluster_address():
-    from prefect.task_runners import ThreadPoolTaskRunner
-    from prefect_dask import DaskTaskRunner
-
-    assert isinstance(deploy.task_runner_for(None), ThreadPoolTaskRunner)
-    runner = deploy.task_runner_for("tcp://10.0.0.5:8786")
-    assert isinstance(runner, DaskTaskRunner)
-    assert runner.address == "tcp://10.0.0.5:8786"
-
-
 def test_git_hooks_run_data_version_and_never_fail_git(workspace):
     hooks = deploy.install_git_hooks(workspace)
     assert [h.name for h in hooks] == ["post-merge", "post-checkout"]

@@ -35,6 +35,10 @@ SMALL_OVERRIDES = (
     "evals.suite.items_per_task=16",
     "evals.suite.fewshot_pool=6",
     "evals.suite.ppl_docs_per_source=4",
+    # Two shots of two-line passages: the one held-out work yields only a few lines short enough
+    # for three shots of three lines to fit the prompt budget.
+    "evals.suite.num_fewshot=2",
+    "evals.suite.context_lines=2",
     "evals.run.bootstrap_iters=100",
     # A model trained for seconds scores near chance: only bits per byte has a (loose) floor.
     "evals.gate.floors={ladder_ppl/bits_per_byte: 8.0}",

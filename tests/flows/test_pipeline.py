@@ -96,17 +96,19 @@ def test_first_run_versions_the_data_gates_the_target_and_registers_a_champion(
     ]
     assert not any(first.stages.cached(stage) for stage in CACHED_STAGES)
 
-    # The registry holds the base model, promoted against the floors alone, and the aligned candidate.
+    # The registry holds the base model, promoted against the floors alone, and the aligned
+    # candidate under its own name, judged against its base by the alignment-tax bound.
     client = MlflowClient()
     base = client.get_model_version(model, "1")
     assert base.tags[registry.DECISION_TAG] == registry.PROMOTED
+    chat = load(ProjectConfig, "tiny", overrides).align.release_name(model)
     aligned = summary["aligned model gate"]
-    assert aligned.startswith(("promoted", "rejected")) and f"{model} v2 @" in aligned
-    assert str(client.get_model_version_by_alias(model, registry.CHAMPION).version) in {"1", "2"}
+    assert aligned.startswith(("promoted", "rejected")) and f"{chat} v1 @" in aligned
+    assert str(client.get_model_version_by_alias(model, registry.CHAMPION).version) == "1"
 
     # The aligned model's lineage names every artifact from DPO down to the raw corpus, each with
     # its config hash, code fingerprint, MLflow run and Prefect flow run, and the scaling fit and gate.
-    tree = lineage.load(client.get_model_version(model, "2").run_id)
+    tree = lineage.load(client.get_model_version(chat, "1").run_id)
     assert missing(tree) == []
     stages = {node["stage"] for node in nodes(tree) if "stage" in node}
     assert {"dpo", "preferences", "sft", "instructions", "train", "shards", "tokenizer", "data", "scaling", "evals"} <= stages
@@ -127,7 +129,8 @@ def test_unchanged_rerun_finds_every_training_stage_built(
     assert len(_runs_of(module_workspace, "train")) == rungs + 1
     # Nor judged into the registry twice: the rerun reports the versions the first run registered.
     model = load(ProjectConfig, "tiny", overrides).evals.registered_model
-    assert len(MlflowClient().search_model_versions(f"name = '{model}'")) == 2
+    assert len(MlflowClient().search_model_versions(f"name = '{model}'")) == 1
+    assert len(MlflowClient().search_model_versions(f"name = '{model}-chat'")) == 1
     assert again.summary["aligned model gate"] == first.summary["aligned model gate"]
 
 

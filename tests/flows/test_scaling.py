@@ -19,7 +19,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from flows.scaling import scaling_flow
 from ladder.tracking import experiment_id
 from ladder.workspace import Workspace
-from tasks.scaling.stage import POINTS, STAGE
+from tasks.scaling.stage import FIDELITY, FIT, POINTS
+from tests.flows.tokenized import store_tokenized
 from tests.tasks.train.train_fixtures import write_shards, write_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -45,21 +46,20 @@ def _runs(ws: Workspace, stage: str) -> list:
 def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
     prefect_harness: None, workspace: Workspace, tmp_path: Path
 ) -> None:
-    shards = write_shards(tmp_path / "shards")
-    tokenizer_dir = write_tokenizer(tmp_path / "tokenizer")
-    kwargs = {"overrides": OVERRIDES, "shards_dir": str(shards), "tokenizer_dir": str(tokenizer_dir), "dataset_md5": MD5}
+    tokenized = store_tokenized(workspace, write_shards(tmp_path / "shards"), write_tokenizer(tmp_path / "tokenizer"), MD5)
+    kwargs = {"overrides": OVERRIDES, "tokenized": tokenized}
     first = scaling_flow(**kwargs)
 
-    assert not first["cached"]
-    assert set(first["fit"]) == {"E", "A", "B", "alpha", "beta"}
-    assert all(math.isfinite(value) for value in first["fit"].values())
-    assert math.isfinite(first["self_check_rel_error"])
-    prediction = first["prediction"]
+    assert not first.cached
+    assert set(first.fit) == {"E", "A", "B", "alpha", "beta"}
+    assert all(math.isfinite(value) for value in first.fit.values())
+    assert math.isfinite(first.self_check_rel_error)
+    prediction = first.prediction
     assert 0 < prediction["low"] <= prediction["loss"] <= prediction["high"]
-    assert [row["flops"] for row in first["compute_optimal"]] == [1e15, 1e17, 1e19]
+    assert [row["flops"] for row in first.compute_optimal] == [1e15, 1e17, 1e19]
 
     # The artifact's points: several evaluations of each of the four rungs, smallest model first.
-    artifact = workspace.store().lookup(STAGE, first["scaling_version"])
+    artifact = workspace.store().get(first.ladder)
     points = json.loads(artifact.file(POINTS).read_text())
     per_rung = Counter(p["rung"] for p in points)
     assert sorted(per_rung) == [0, 1, 2, 3] and min(per_rung.values()) >= 3
@@ -68,12 +68,20 @@ def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
 
     # MLflow: each rung's training run hangs under the scaling run, which holds the fit.
     (scaling_run,) = _runs(workspace, "scaling")
-    assert scaling_run.info.run_id == first["mlflow_run_id"]
+    assert scaling_run.info.run_id == first.mlflow_run_id
     assert scaling_run.data.tags["ladder.data.md5"] == MD5
     assert scaling_run.data.metrics["predicted_loss"] == pytest.approx(prediction["loss"])
     rungs = _runs(workspace, "train")
     assert len(rungs) == 4
     assert {run.data.tags["mlflow.parentRunId"] for run in rungs} == {scaling_run.info.run_id}
+
+    # The fixture's train split (about 25k tokens) is too small for the ladder's budgets: the top
+    # rungs and the target repeat it, and the ladder says so instead of counting every token as new.
+    data = json.loads(artifact.file(FIT).read_text())["data"]
+    assert data["max_epochs"] > 4 and data["form"].startswith("data-constrained")
+    assert prediction["epochs"] > 4 and any("outside the law's validity" in limit for limit in prediction["limits"])
+    assert scaling_run.data.metrics["target_epochs"] == pytest.approx(prediction["epochs"])
+    assert "| target run |" in artifact.file(FIDELITY).read_text() and "epochs" in artifact.file(FIDELITY).read_text()
 
     # Prefect: the fit and its plots are a markdown artifact.
     with get_client(sync_client=True) as client:
@@ -82,6 +90,6 @@ def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
 
     # An unchanged rerun is a cache hit: nothing trained or fitted again.
     again = scaling_flow(**kwargs)
-    assert again["cached"] and again["scaling_version"] == first["scaling_version"]
-    assert again["prediction"] == prediction
+    assert again.cached and again.ladder == first.ladder
+    assert again.prediction == prediction
     assert (len(_runs(workspace, "scaling")), len(_runs(workspace, "train"))) == (1, 4)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
@@ -15,6 +14,7 @@ from ladder.tracking import experiment_id
 from ladder.workspace import Workspace
 from tasks.data.document import Document
 from tasks.data.version import dataset_version, run_dvc
+from tasks.tokenizer.stage import SHARDS_DIR, TOKENIZER_DIR
 from tasks.train.shards import PackedShards
 
 # Two candidates, one size, short rows: the flow's wiring is under test, not the tokenizers.
@@ -46,23 +46,24 @@ def _runs(ws: Workspace) -> list:
 def test_flow_selects_saves_packs_tracks_and_caches(prefect_harness: None, workspace: Workspace) -> None:
     md5 = _write_curated(workspace)
     first = tokenizer_flow(overrides=OVERRIDES)
+    store = workspace.store()
 
-    assert not first["cached"]
-    assert first["chosen"] in {"bpe-320", "unigram-320"}
-    assert first["rule"].startswith("maximise bytes_per_token")
-    assert {row["candidate"] for row in first["table"]} == {"bpe-320", "unigram-320"}
-    assert 0.9 < first["packing_efficiency"] <= 1.0
-    hf = AutoTokenizer.from_pretrained(first["tokenizer_dir"])
+    assert not first.cached
+    assert first.chosen in {"bpe-320", "unigram-320"}
+    assert first.rule.startswith("maximise bytes_per_token")
+    assert {row["candidate"] for row in first.table} == {"bpe-320", "unigram-320"}
+    assert 0.9 < first.packing_efficiency <= 1.0
+    hf = AutoTokenizer.from_pretrained(store.get(first.tokenized.tokenizer).path / TOKENIZER_DIR)
     assert hf.decode(hf("to be  or\tnot")["input_ids"]) == "to be  or\tnot"
     for split, count in {"train": 60, "validation": 10, "test": 6}.items():
-        shards = PackedShards(Path(first["shards_dir"]) / split)
+        shards = PackedShards(store.get(first.tokenized.shards).path / SHARDS_DIR / split)
         assert shards.seq_len == 64 and len(shards.docs) == count
 
     # MLflow: one run with lineage to the dataset version and the comparison files.
     (run,) = _runs(workspace)
     # One key for the dataset, whichever stage made or read it.
     assert run.data.tags["ladder.data.md5"] == md5 and "ladder.input.dataset" not in run.data.tags
-    assert run.data.tags["ladder.artifact_version"] == first["tokenizer_version"]
+    assert run.data.tags["ladder.artifact_version"] == first.tokenized.tokenizer.version
     logged = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert {"comparison.csv", "rank_frequency.png", "tokenizer", "selection.txt"} <= logged
     assert "packing_efficiency" in run.data.metrics
@@ -75,14 +76,14 @@ def test_flow_selects_saves_packs_tracks_and_caches(prefect_harness: None, works
     # An unchanged rerun is a cache hit: same artifacts, nothing rewritten, nothing logged.
     manifests = {p: p.stat().st_mtime_ns for p in workspace.artifacts.rglob("manifest.json")}
     again = tokenizer_flow(overrides=OVERRIDES, dataset_md5=md5)
-    assert again["cached"]
-    assert (again["tokenizer_version"], again["shards_version"]) == (first["tokenizer_version"], first["shards_version"])
+    assert again.cached
+    assert again.tokenized == first.tokenized
     assert {p: p.stat().st_mtime_ns for p in workspace.artifacts.rglob("manifest.json")} == manifests
     assert len(_runs(workspace)) == 1
 
     # A new sequence length repacks with the same tokenizer, without retraining it.
     repacked = tokenizer_flow(overrides=[*OVERRIDES, "tokenizer.packing.seq_len=32"])
-    assert not repacked["cached"]
-    assert repacked["tokenizer_version"] == first["tokenizer_version"]
-    assert repacked["shards_version"] != first["shards_version"]
-    assert PackedShards(Path(repacked["shards_dir"]) / "train").seq_len == 32
+    assert not repacked.cached
+    assert repacked.tokenized.tokenizer == first.tokenized.tokenizer
+    assert repacked.tokenized.shards != first.tokenized.shards
+    assert PackedShards(workspace.store().get(repacked.tokenized.shards).path / SHARDS_DIR / "train").seq_len == 32

@@ -21,6 +21,8 @@ from tasks.train.launch import TrainingFailed
 sys.path.insert(0, str(Path(__file__).parents[1] / "tasks" / "train"))
 from train_fixtures import BOUNDARY, VOCAB, write_shards, write_tokenizer  # noqa: E402
 
+from tests.flows.tokenized import store_tokenized  # noqa: E402
+
 MD5 = "0123456789abcdef0123456789abcdef.dir"
 OVERRIDES = [
     # The tiny profile's target (size and token budget) gives way to this small, fixed run.
@@ -37,22 +39,22 @@ def test_flow_trains_rolls_back_tracks_and_caches(
     prefect_harness: None, workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    shards = write_shards(tmp_path / "shards")
-    tokenizer_dir = write_tokenizer(tmp_path / "tokenizer")
-    kwargs = {"overrides": OVERRIDES, "shards_dir": str(shards), "tokenizer_dir": str(tokenizer_dir), "dataset_md5": MD5}
+    tokenized = store_tokenized(workspace, write_shards(tmp_path / "shards"), write_tokenizer(tmp_path / "tokenizer"), MD5)
+    kwargs = {"overrides": OVERRIDES, "tokenized": tokenized}
     first = train_flow(**kwargs)
 
-    assert not first["cached"] and first["steps"] == 60 and first["spike_events"] == 1
-    assert 0 < first["final_val_loss"] < 3.0 and first["tokens_per_s"] > 0 and 0 < first["mfu"] < 1
-    model = AutoModelForCausalLM.from_pretrained(first["model_dir"])
-    tokenizer = AutoTokenizer.from_pretrained(first["model_dir"])
+    assert not first.cached and first.steps == 60 and first.spike_events == 1
+    assert 0 < first.final_val_loss < 3.0 and first.tokens_per_s > 0 and 0 < first.mfu < 1
+    model_dir = first.model.model_dir(workspace.store())
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert model.config.vocab_size == VOCAB and tokenizer.eos_token_id == BOUNDARY
 
     # MLflow: the run's config, lineage, per-step metrics, the spike event and the model.
-    run = MlflowClient().get_run(first["mlflow_run_id"])
+    run = MlflowClient().get_run(first.model.mlflow_run_id)
     assert run.data.params["max_steps"] == "60" and "config_hash" in run.data.params
     assert run.data.tags["ladder.data.md5"] == MD5 and run.data.tags["ladder.loader_seed"] == "0"
-    assert run.data.tags["ladder.artifact_version"] == first["artifact_version"]
+    assert run.data.tags["ladder.artifact_version"] == first.model.ref.version
     assert "ladder.git_commit" in run.data.tags
     assert run.data.tags["ladder.spike.1.reason"] == "loss"
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "spike.loss", "spike.threshold"} <= run.data.metrics.keys()
@@ -72,7 +74,7 @@ def test_flow_trains_rolls_back_tracks_and_caches(
 
     # Unchanged rerun: a cache hit, no new training and no new MLflow run.
     again = train_flow(**kwargs)
-    assert again["cached"] and again["model_dir"] == first["model_dir"] and again["mlflow_run_id"] == first["mlflow_run_id"]
+    assert again.cached and again.model == first.model
     runs = MlflowClient().search_runs([experiment_id(workspace)], filter_string="tags.`ladder.stage` = 'train'")
     assert len(runs) == 1
 
@@ -81,11 +83,13 @@ def test_flow_fails_with_the_spike_report_and_does_not_retry_it(
     prefect_harness: None, workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    shards = write_shards(tmp_path / "shards", train_docs=100, val_docs=20)
+    tokenized = store_tokenized(
+        workspace, write_shards(tmp_path / "shards", train_docs=100, val_docs=20), write_tokenizer(tmp_path / "tokenizer"), MD5
+    )
     overrides = [*OVERRIDES[:-1], "train.max_steps=10", "train.spike_guard.max_retries=0",
                  "train.faults=[{step: 3, kind: nan_loss}]"]
     with pytest.raises(TrainingFailed, match="retry budget of 0 rollbacks exhausted"):
-        train_flow(overrides=overrides, shards_dir=str(shards), dataset_md5=MD5)
+        train_flow(overrides=overrides, tokenized=tokenized)
     (run_dir,) = (workspace.state / "runs" / "train").iterdir()
     assert "resumed from" not in (run_dir / "train.log").read_text()  # the task did not retry it
     with get_client(sync_client=True) as client:

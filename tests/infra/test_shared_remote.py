@@ -115,11 +115,11 @@ def test_a_version_pushed_from_one_workspace_trains_in_another(workspaces, serve
 
     # B's store, not whichever one an earlier test in this process pointed MLflow at.
     mlflow.set_tracking_uri(b.mlflow_db_uri)
-    versions = MlflowClient().search_model_versions("name = 'ladder-tiny'")
-    assert versions and all(v.tags["ladder.lineage.dataset_md5"] == md5 for v in versions)
+    versions = MlflowClient().search_model_versions("name LIKE 'ladder-tiny%'")
+    assert len(versions) == 2 and all(v.tags["ladder.lineage.dataset_md5"] == md5 for v in versions)
     from tasks.evals import lineage
 
-    for version in versions:  # the base model and the aligned one
+    for version in versions:  # the base model (ladder-tiny) and the aligned one (ladder-tiny-chat)
         datasets = [node for node in nodes(lineage.load(version.run_id)) if "dvc_remote" in node]
         assert datasets and all(d["value"] == md5 and d["dvc_remote"] == str(a.dvc_remote) for d in datasets)
         # Pulled, so no data artifact here: the dataset itself names the raw corpus it came from.

@@ -18,8 +18,8 @@ from tasks.data.curate import DATA_FILES
 from tasks.data.dataset import dvc_dir_md5
 from tasks.data.version import STAMPS
 from tasks.evals import lineage
-from tasks.evals.stage import TRAIN_MODEL_DIR, TRAIN_STAGE, resolve_candidate
-from tasks.train.stage import CODE as TRAIN_CODE
+from tasks.evals.stage import Candidate, resolve_candidate
+from tasks.train.stage import CODE as TRAIN_CODE, MODEL_DIR as TRAIN_MODEL_DIR, STAGE as TRAIN_STAGE
 
 MD5 = "0123456789abcdef0123456789abcdef.dir"
 
@@ -43,17 +43,17 @@ def _train_artifact(ws: Workspace, seed: int) -> Path:
 def test_default_candidate_is_the_latest_trained_model_with_its_training_run(mlflow_store: Path) -> None:
     ws = Workspace(mlflow_store)
     with pytest.raises(ValueError, match="ladder train"):
-        resolve_candidate.fn(ws, None, None)
+        resolve_candidate.fn(ws, None, None, None)
     _train_artifact(ws, 0)
     latest = _train_artifact(ws, 1)
     with stage_run(ws, TRAIN_STAGE, Stub(), produces=[(TRAIN_STAGE, latest.name)]) as run:
         pass
-    candidate = resolve_candidate.fn(ws, None, None)
+    candidate = resolve_candidate.fn(ws, None, None, None)
     assert candidate.model_dir == latest / TRAIN_MODEL_DIR
     assert candidate.training_run_id == run.info.run_id
-    assert resolve_candidate.fn(ws, str(latest / TRAIN_MODEL_DIR), "given").training_run_id == "given"
+    assert resolve_candidate.fn(ws, None, str(latest / TRAIN_MODEL_DIR), "given").training_run_id == "given"
     with pytest.raises(ValueError, match="does not exist"):
-        resolve_candidate.fn(ws, str(mlflow_store / "nowhere"), None)
+        resolve_candidate.fn(ws, None, str(mlflow_store / "nowhere"), None)
 
 
 def _stage(ws: Workspace, stage: str, name: str, inputs: dict[str, str], files: dict[str, str]) -> Artifact:
@@ -91,7 +91,8 @@ def test_lineage_walks_the_manifests_to_the_raw_corpus_with_each_artifacts_own_r
         pass
 
     scaling = {"status": "overridden", "reasons": ["outside the interval"], "override_reason": "known warmup bug"}
-    tree = lineage.collect(ws, model.path / TRAIN_MODEL_DIR, None, "eval-run", suite, scaling, {"scaling": fit.version})
+    candidate = Candidate(model.path / TRAIN_MODEL_DIR, None, model.ref)
+    tree = lineage.collect(ws, candidate, "eval-run", suite, scaling, {"scaling": fit.ref})
 
     trained = tree["inputs"]["model"]
     assert (trained["stage"], trained["version"], trained["mlflow_run"]) == (TRAIN_STAGE, model.version, runs[TRAIN_STAGE])
