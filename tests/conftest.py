@@ -16,6 +16,7 @@ import pytest
 
 from ladder.runtime import configure
 from ladder.workspace import Workspace
+from tasks.train.launch import DIST_ENV
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -43,6 +44,11 @@ def _isolated_workspace(root: Path) -> Iterator[Workspace]:
     _run([dvc, "init", "-q"], ws.root)
     _run([dvc, "remote", "add", "-d", "local", str(ws.dvc_remote)], ws.root)
     saved = dict(os.environ)
+    # A one-process group an earlier test made in this process leaves RANK and the rest behind;
+    # a process started from here (a served deployment) would take them for a cluster to join
+    # (accelerate does, under lm-eval).
+    for name in DIST_ENV:
+        os.environ.pop(name, None)
     os.environ.update(
         {
             "LADDER_ROOT": str(ws.root),

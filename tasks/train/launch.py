@@ -30,7 +30,7 @@ CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
 REPO = Path(__file__).resolve().parents[2]
 # Set by torchrun for its children; a launch from inside another job must not inherit them.
-_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 class TrainingFailed(RuntimeError):
@@ -84,7 +84,7 @@ def launch_command(cfg: TrainConfig, config_path: Path, run_dir: Path, train_sha
 
 def child_env() -> dict[str, str]:
     """This process's environment for the training processes, without any process-group variables."""
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
