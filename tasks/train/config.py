@@ -166,7 +166,8 @@ class TrainConfig(Section):
     nproc_per_node: int = Field(1, ge=1, description="Processes launched (torchrun); the global batch stays the same.")
     threads_per_process: int | None = Field(
         None, ge=1,
-        description="CPU threads of each training process (OMP_NUM_THREADS); null keeps torch's default. "
+        description="CPU threads of each training process (OMP_NUM_THREADS); null: the cores shared evenly among "
+        "the processes (torchrun alone would give each one thread). "
         "Runs side by side (ladder rungs) share the cores this way instead of fighting over them.",
     )
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoint cadence and retention.")
