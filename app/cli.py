@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -328,6 +329,8 @@ def run(
     _show("ladder pipeline summary", summary)
     if not verbose:
         console.print(f"library logs: {log_file} (--verbose prints them here)", markup=False, highlight=False, soft_wrap=True)
+        # Prefect stops its temporary server at exit and says so: the summary stays the last word.
+        logging.getLogger("prefect").setLevel(logging.WARNING)
 
 
 @app.command()

@@ -121,8 +121,8 @@ def run_training(
     tail: deque[str] = deque(maxlen=40)
     with (run_dir / LOG_FILE).open("a", encoding="utf-8") as log_fh:
         env = child_env()
-        # Always set: torchrun sets one thread per process when it finds none (DeepSpeed's engine
-        # used to raise it again, the plain one-process engine does not).
+        # Always set: torchrun gives each process one thread when it finds none, and a count this
+        # process inherited (a Dask nanny's, for one) is not this run's choice.
         env["OMP_NUM_THREADS"] = str(cfg.threads_per_process or max(1, (os.cpu_count() or 1) // cfg.nproc_per_node))
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None

@@ -74,6 +74,17 @@ def test_one_and_two_dask_workers_give_the_in_process_bytes(
     assert len(runs) >= 2 * len(shards)
 
 
+def test_a_local_cluster_leaves_this_process_environment_as_it_was(
+    corpus: Path, in_process: dict[str, bytes], prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its nannies set one thread per worker; in this process that would slow every later stage.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    assert _build(corpus, tmp_path / "local", _config(workers=2)) == in_process
+    assert dict(os.environ) == before
+
+
 def test_a_worker_killed_mid_stage_changes_no_byte(
     corpus: Path, in_process: dict[str, bytes], cluster: LocalCluster, tmp_path: Path
 ) -> None:
