@@ -1,4 +1,4 @@
-"""The spike suite (``tasks.train.spike_suite``): ladder's guard against the published spike rules.
+"""The spike suite (``tasks.spikes.suite``): ladder's guard against the published spike rules.
 
 Run: ``.venv/bin/python bench/spikes.py [--steps 200] [--onset 120]`` (a few minutes on 2 cores);
 it prints the summary per policy, the verdict, and every scenario's cells.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from tasks.train.spike_suite import POLICIES, markdown, run_suite
+from tasks.spikes.suite import POLICIES, markdown, run_suite
 
 
 def main() -> None:

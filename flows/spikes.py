@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.train.spike_suite import markdown, run_suite
+from tasks.spikes.suite import markdown, run_suite
 
 REPORT_KEY = "spike-suite"
 
@@ -26,5 +26,5 @@ def report_task(rows: list[dict[str, Any]], steps: int) -> str:
 
 @flow(name="spikes")
 def spikes_flow(steps: int = 200, onset: int = 120, policies: list[str] | None = None, scenarios: list[str] | None = None) -> str:
-    """Run the spike suite (``tasks.train.spike_suite``; all policies and scenarios unless named) and publish its table."""
+    """Run the spike suite (``tasks.spikes.suite``; all policies and scenarios unless named) and publish its table."""
     return report_task(run_suite_task(steps, onset, policies, scenarios), steps)
