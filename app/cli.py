@@ -69,7 +69,8 @@ def _print_config(profile: str, overrides: list[str] | None, sections: list[str]
 
 
 def _run_stage(name: str, sections: list[str], dry_run: bool, profile: str, overrides: list[str] | None,
-               flow: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
+               flow: Callable[..., Any], **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """The stage's typed result, and the same flattened (with the seconds it took) for the table a person reads."""
     if dry_run:
         _print_config(profile, overrides, sections)
         raise typer.Exit(0)
@@ -80,10 +81,9 @@ def _run_stage(name: str, sections: list[str], dry_run: bool, profile: str, over
     except ValueError as err:
         console.print(f"[red]{name} failed:[/] {err}")
         raise typer.Exit(1) from None
-    # A stage's typed result, flattened for the table a person reads.
     shown = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else dict(result)
     shown["seconds"] = round(time.perf_counter() - started, 1)
-    return shown
+    return result, shown
 
 
 def _show(title: str, rows: dict[str, Any]) -> None:
@@ -153,8 +153,8 @@ def data(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRun
     """Curate the corpus: ingest, normalize, quality gate, dedup, split, version with DVC."""
     from flows.data import data_flow
 
-    result = _run_stage("data", ["data"], dry_run, profile, overrides, data_flow)
-    _show("data stage", result)
+    _, shown = _run_stage("data", ["data"], dry_run, profile, overrides, data_flow)
+    _show("data stage", shown)
 
 
 @app.command()
@@ -163,10 +163,10 @@ def tokenizer(profile: Profile = "tiny", overrides: Overrides = None, dry_run: D
     from flows.tokenizer import tokenizer_flow
     from tasks.tokenizer.stage import format_table
 
-    result = _run_stage("tokenizer", ["tokenizer"], dry_run, profile, overrides, tokenizer_flow)
+    _, shown = _run_stage("tokenizer", ["tokenizer"], dry_run, profile, overrides, tokenizer_flow)
     console.print("tokenizer candidates (validation split):", style="bold")
-    console.print(format_table(result.pop("table")), markup=False, highlight=False, soft_wrap=True)
-    _show("tokenizer stage", result)
+    console.print(format_table(shown.pop("table")), markup=False, highlight=False, soft_wrap=True)
+    _show("tokenizer stage", shown)
 
 
 @app.command()
@@ -174,8 +174,8 @@ def scaling(profile: Profile = "tiny", overrides: Overrides = None, dry_run: Dry
     """Train the scaling ladder's rungs, fit L(N, D), and predict the target run's loss."""
     from flows.scaling import scaling_flow
 
-    result = _run_stage("scaling", ["scaling", "train"], dry_run, profile, overrides, scaling_flow)
-    _show("scaling stage", result)
+    _, shown = _run_stage("scaling", ["scaling", "train"], dry_run, profile, overrides, scaling_flow)
+    _show("scaling stage", shown)
 
 
 @app.command()
@@ -183,7 +183,7 @@ def train(profile: Profile = "tiny", overrides: Overrides = None, dry_run: DryRu
     """Train the target model on the latest packed shards (resumes, rolls back on loss spikes)."""
     from flows.train import train_flow
 
-    _show("train stage", _run_stage("train", ["train"], dry_run, profile, overrides, train_flow))
+    _show("train stage", _run_stage("train", ["train"], dry_run, profile, overrides, train_flow)[1])
 
 
 DeploymentNames = Annotated[
@@ -347,25 +347,24 @@ def evals(
 ) -> None:
     """Evaluate a model on the held-out suite (lm-eval), gate it against the champion, register it with its lineage."""
     from flows.evals import evals_flow
-    from tasks.evals.stage import verdict_line
 
-    result = _run_stage(
+    result, shown = _run_stage(
         "evals", ["evals"], dry_run, profile, overrides, evals_flow, model_dir=model_dir, training_run_id=training_run
     )
-    table = Table(title=f"eval table: {result['registered_model']} version {result['version']}")
+    table = Table(title=f"eval table: {result.registered_model} version {result.version}")
     table.add_column("metric", overflow="fold")
     for column in ("value", "stderr", "better", "items"):
         table.add_column(column, justify="right")
-    for row in result["metrics"]:
+    for row in result.metrics:
         stderr = "—" if row["stderr"] is None else f"{row['stderr']:.4f}"
         better = "higher" if row["higher_is_better"] else "lower"
         table.add_row(row["metric"], f"{row['value']:.4f}", stderr, better, str(row["items"]))
     console.print(table)
-    colour = "green" if result["decision"] == "promoted" else "yellow"
-    console.print(f"[{colour}]{verdict_line(result)}[/]")
-    for reason in result["reasons"]:
+    colour = "green" if result.decision == "promoted" else "yellow"
+    console.print(f"[{colour}]{result.line()}[/]")
+    for reason in result.reasons:
         console.print(f"  {reason}", markup=False)
-    _show("evals stage", {k: result[k] for k in ("eval_run_id", "suite_version", "contaminated_items", "seconds")})
+    _show("evals stage", {k: shown[k] for k in ("eval_run_id", "suite_version", "contaminated_items", "seconds")})
 
 
 @app.command()
@@ -444,10 +443,11 @@ def align(
 ) -> None:
     """Align a base model: SFT on instruction data, DPO on its own samples; print the gains and the alignment tax."""
     from flows.align import align_flow
-    from tasks.evals.stage import verdict_line
 
-    result = _run_stage("align", ["align", "evals"], dry_run, profile, overrides, align_flow, base_model_dir=base_model_dir)
-    rows = result["table"]
+    result, shown = _run_stage(
+        "align", ["align", "evals"], dry_run, profile, overrides, align_flow, base_model_dir=base_model_dir
+    )
+    rows = result.table
     # Metrics down, models across: the table stays readable however many metrics the suite has.
     table = Table(title="alignment: held-out instruction tasks (instruct/...) and the eval suite")
     table.add_column("metric")
@@ -456,16 +456,15 @@ def align(
     for metric in (m for m in rows[0] if m != "model"):
         table.add_row(metric, *(f"{row[metric]:.4f}" for row in rows))
     console.print(table)
-    console.print(f"DPO reward margin on held-out pairs: {result['reward_margin']:+.4f} "
-                  f"({result['reward_margin_accuracy']:.0%} of pairs ranked right)", markup=False)
-    colour = "green" if result["passed_tax_bound"] else "red"
-    console.print(f"[{colour}]alignment tax {'within' if result['passed_tax_bound'] else 'beyond'} the gate's bound[/]")
-    for model, lines in result["tax_checks"].items():
+    console.print(f"DPO reward margin on held-out pairs: {result.reward_margin:+.4f} "
+                  f"({result.reward_margin_accuracy:.0%} of pairs ranked right)", markup=False)
+    colour = "green" if result.passed_tax_bound else "red"
+    console.print(f"[{colour}]alignment tax {'within' if result.passed_tax_bound else 'beyond'} the gate's bound[/]")
+    for model, lines in result.tax_checks.items():
         for line in lines:
             console.print(f"  {model}: {line}", markup=False)
-    if result["registry"]:
-        reg = result["registry"]
-        console.print(f"registry: {verdict_line(reg)}", markup=False)
-        for reason in reg["reasons"]:
+    if result.registry:
+        console.print(f"registry: {result.registry.line()}", markup=False)
+        for reason in result.registry.reasons:
             console.print(f"  {reason}", markup=False)
-    _show("align stage", {k: result[k] for k in ("sft_model_dir", "dpo_model_dir", "mlflow_run_ids", "seconds")})
+    _show("align stage", {k: shown[k] for k in ("sft_model_dir", "dpo_model_dir", "mlflow_run_ids", "seconds")})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from app.project import ProjectConfig
@@ -17,10 +15,10 @@ from tasks.align.checkpoints import resolve_base
 from tasks.align.dpo import reward_margin, train_dpo
 from tasks.align.instructions import build_instructions
 from tasks.align.preferences import sample_preferences
-from tasks.align.report import evaluate_model, summarize
+from tasks.align.report import AlignResult, evaluate_model, summarize
 from tasks.align.runs import lineage_tags, log_report, log_training_run, open_align_run
 from tasks.align.sft import train_sft
-from tasks.evals.gate import check_policy
+from tasks.evals.gate import ScalingGate, check_policy
 from tasks.evals.runner import table_rows
 from tasks.evals.suite import build_suite
 from tasks.data.dataset import resolve_dataset
@@ -35,18 +33,19 @@ def align_flow(
     base_model_dir: str | None = None,
     dataset_md5: str | None = None,
     lineage: dict[str, ArtifactRef] | None = None,
-    scaling_gate: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    scaling_gate: ScalingGate | None = None,
+) -> AlignResult:
     """Align a base model: SFT on instruction data, then DPO on pairs of its own samples; measure gains and tax.
 
     The base is ``base_model`` (what the train flow returned), else the checkpoint in ``base_model_dir``,
     else the registry's champion, else the latest pretrained model;
     ``dataset_md5`` to the version in ``data.dvc``; ``lineage`` and ``scaling_gate`` are passed on to the
-    evaluation of the aligned model (the ladder behind its base model, and the base's scaling gate). Returns the SFT and DPO model dirs, the
-    table (one row per model: held-out instruction scores and eval-suite metrics), the DPO
-    reward margin on held-out pairs, the alignment tax of each aligned model against the base
-    and whether the final model is within the gate's bounds, the MLflow run ids, and (with
-    ``align.register_candidate``) the evals flow's verdict on the final model.
+    evaluation of the aligned model (the ladder behind its base model, and the base's scaling gate).
+    Returns an :class:`~tasks.align.report.AlignResult`: the models, the table (one row per model:
+    held-out instruction scores and eval-suite metrics), the DPO reward margin on held-out pairs,
+    the alignment tax of each aligned model against the base and whether the final model is
+    within the gate's bounds, the MLflow run ids, and (with ``align.register_candidate``) the
+    evals flow's verdict on the final model.
     """
     progress.start("align")
     project = load(ProjectConfig, profile, overrides or [])
@@ -88,26 +87,25 @@ def align_flow(
     registration = None
     if cfg.register_candidate:
         release = f"evals.registered_model={cfg.release_name(evals.registered_model)}"
-        verdict = evals_flow(
+        registration = evals_flow(
             profile=profile, overrides=[*(overrides or []), release], model_dir=str(policy.model_dir),
             training_run_id=dpo_runs[-1],
             dataset_md5=md5, lineage=lineage, scaling_gate=scaling_gate,
             base_metrics=table_rows(scores[0].evals),
         )
-        registration = {k: verdict[k] for k in ("version", "decision", "alias", "registered_model", "reasons")}
-    result = {
-        "base_model_dir": str(base.model_dir),
-        "sft_model_dir": str(sft.model_dir),
-        "dpo_model_dir": str(policy.model_dir),
-        "table": summary.rows,
-        "reward_margin": margin["margin"],
-        "reward_margin_accuracy": margin["accuracy"],
-        "tax": summary.tax,
-        "tax_checks": {model: [c.line() for c in checks] for model, checks in summary.checks.items()},
-        "passed_tax_bound": summary.passed,
-        "mlflow_run_ids": {"align": align_run, "sft": sft_run, "dpo": dpo_runs},
-        "instructions": instructions.artifact.metrics,
-        "registry": registration,
-    }
+    result = AlignResult(
+        base_model_dir=str(base.model_dir),
+        sft_model_dir=str(sft.model_dir),
+        dpo_model_dir=str(policy.model_dir),
+        table=summary.rows,
+        reward_margin=margin["margin"],
+        reward_margin_accuracy=margin["accuracy"],
+        tax=summary.tax,
+        tax_checks={model: [c.line() for c in checks] for model, checks in summary.checks.items()},
+        passed_tax_bound=summary.passed,
+        mlflow_run_ids={"align": align_run, "sft": sft_run, "dpo": dpo_runs},
+        instructions=instructions.artifact.metrics,
+        registry=registration,
+    )
     progress.finish("align", {"reward_margin": round(margin["margin"], 4), "passed_tax_bound": summary.passed})
     return result

@@ -12,10 +12,11 @@ from ladder import progress
 from ladder.artifacts import ArtifactRef
 from ladder.config import load
 from ladder.workspace import Workspace
-from tasks.evals.gate import check_policy
+from tasks.evals.gate import ScalingGate, check_policy
 from tasks.evals.registry import PROMOTED, REJECTED
 from tasks.evals.runner import evaluate_checkpoint, table_from_rows
 from tasks.evals.stage import (
+    Verdict,
     collect_lineage,
     earlier_verdict,
     judge_against,
@@ -30,8 +31,10 @@ from tasks.evals.suite import build_suite
 from tasks.data.dataset import resolve_dataset
 from tasks.train.stage import TrainedModel
 
-# What the progress display shows of a verdict.
-SHOWN = ("decision", "version", "alias", "reused")
+
+def shown(result: Verdict) -> dict[str, Any]:
+    """What the progress display shows of a verdict."""
+    return {"decision": result.decision, "version": result.version, "alias": result.alias, "reused": result.reused}
 
 
 @flow(name="evals")
@@ -43,9 +46,9 @@ def evals_flow(
     training_run_id: str | None = None,
     dataset_md5: str | None = None,
     lineage: dict[str, ArtifactRef] | None = None,
-    scaling_gate: dict[str, Any] | None = None,
+    scaling_gate: ScalingGate | None = None,
     base_metrics: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+) -> Verdict:
     """Evaluate a checkpoint, gate it against the champion, and register it as a new version.
 
     Judging the same weights on the same suite, policy and inputs against the same champion
@@ -58,12 +61,13 @@ def evals_flow(
     artifact's model; ``dataset_md5`` defaults to the version in ``data.dvc``. ``lineage`` names
     artifacts the caller knows that are not inputs of the model (``{"scaling": ref}``): they are
     walked into its lineage too;
-    ``scaling_gate`` is the scaling-law gate's outcome (``tasks.evals.gate.ScalingGate.to_dict()``:
-    ``status``, ``reasons``, ``override_reason``, ``prediction``); ``base_metrics`` are the ``metrics``
-    this flow returned for the base model of an aligned candidate, for the alignment-tax bound.
+    ``scaling_gate`` is the scaling-law gate's outcome on the target (a deployment's JSON form of it
+    is checked the same way), judged under this policy's ``scaling_gate`` mode; ``base_metrics`` are
+    the ``metrics`` this flow returned for the base model of an aligned candidate, for the
+    alignment-tax bound.
 
-    Returns ``decision`` (promoted or rejected), ``reasons``, ``version``, ``alias``,
-    ``metrics`` (one row per metric), ``eval_run_id`` and what the candidate was compared with.
+    Returns the :class:`~tasks.evals.stage.Verdict`: decision (promoted or rejected), reasons,
+    version, alias, metrics, eval run and what the candidate was compared with.
     """
     progress.start("evals")
     cfg = load(ProjectConfig, profile, overrides or []).evals
@@ -71,18 +75,19 @@ def evals_flow(
     dataset = resolve_dataset(ws, dataset_md5)
     md5 = dataset.md5
     base = table_from_rows(base_metrics) if base_metrics is not None else None
+    scaling = scaling_gate.under(cfg.gate.scaling_gate) if scaling_gate is not None else None
     candidate = resolve_candidate(ws, model, model_dir, training_run_id)
     suite = build_suite(ws, cfg.suite, dataset)
     check_policy(cfg.gate, suite.metrics)
-    inputs = judged_inputs(candidate, suite, cfg, base_metrics, scaling_gate)
+    inputs = judged_inputs(candidate, suite, cfg, base_metrics, scaling)
     earlier = earlier_verdict(cfg.registered_model, inputs, suite)
     if earlier is not None:
-        progress.finish("evals", {k: earlier[k] for k in SHOWN})
+        progress.finish("evals", shown(earlier))
         return earlier
     evaluation = evaluate_checkpoint(candidate.model_dir, suite, cfg.run)
     eval_run_id, model_uri = log_evaluation(ws, cfg, suite, evaluation, candidate, md5)
-    links = collect_lineage(ws, candidate, eval_run_id, suite, scaling_gate, lineage)
-    version = register(cfg, model_uri, links, suite, eval_run_id, scaling_gate)
+    links = collect_lineage(ws, candidate, eval_run_id, suite, scaling, lineage)
+    version = register(cfg, model_uri, links, suite, eval_run_id, scaling)
     facts = {
         "candidate": f"{cfg.registered_model} version {version} ({candidate.model_dir})",
         "eval run": eval_run_id,
@@ -90,7 +95,7 @@ def evals_flow(
         "dataset": md5,
         "training run": candidate.training_run_id or "unknown",
     }
-    judge = partial(judge_against, cfg=cfg, suite=suite, table=evaluation.table, base=base, scaling_gate=scaling_gate,
+    judge = partial(judge_against, cfg=cfg, suite=suite, table=evaluation.table, base=base, scaling_gate=scaling,
                     eval_run_id=eval_run_id, facts=facts)
     judgement, alias = judge_and_record(cfg.registered_model, version, inputs, judge)
     decision, champion = judgement.decision, judgement.champion
@@ -99,5 +104,5 @@ def evals_flow(
         alias=alias, champion_before=champion.version if champion else None, table=evaluation.table,
         eval_run_id=eval_run_id, suite=suite, links=links, reused=False,
     )
-    progress.finish("evals", {k: summary[k] for k in SHOWN})
+    progress.finish("evals", shown(summary))
     return summary

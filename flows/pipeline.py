@@ -31,7 +31,6 @@ from ladder.workspace import Workspace
 from tasks.align.report import ACCURACY
 from tasks.data.dataset import resolve_dataset
 from tasks.evals.gate import scaling_outcome
-from tasks.evals.stage import verdict_line
 from tasks.scaling.plots import fidelity_line
 from tasks.scaling.stage import stored_fidelity, target_gate
 
@@ -75,13 +74,8 @@ def pipeline_flow(
     if scaling_release.blocks:
         raise GateStopped("stopped before alignment by the scaling-law gate: " + "; ".join(scaling_release.reasons))
     ladder = {"scaling": fitted.ladder}
-    base = evals_flow(
-        **common, model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release.to_dict(),
-    )
-    aligned = align_flow(
-        **common, base_model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release.to_dict(),
-    )
-    registry = aligned["registry"]
+    base = evals_flow(**common, model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release)
+    aligned = align_flow(**common, base_model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release)
     documents = dataset.info["counts"]["documents"]
     quarantined = Counter(documents["quarantined"])
     summary = {
@@ -98,10 +92,10 @@ def pipeline_flow(
         "target actual": f"{target.final_val_loss:.4f}",
         "scaling gate": f"{scaling_release.status} ({scaling['rel_error']:+.2%})",
         "ladder fidelity": "\n".join(fidelity_line(row) for row in stored_fidelity(ladder_artifact, target.final_val_loss)),
-        "base model gate": verdict_line(base),
-        "held-out task score (base / SFT / DPO)": " / ".join(f"{row[ACCURACY]:.4f}" for row in aligned["table"]),
-        "alignment": f"reward margin {aligned['reward_margin']:+.4f}, within tax bound: {aligned['passed_tax_bound']}",
-        "aligned model gate": verdict_line(registry) if registry else "not submitted (align.register_candidate=false)",
+        "base model gate": base.line(),
+        "held-out task score (base / SFT / DPO)": " / ".join(f"{row[ACCURACY]:.4f}" for row in aligned.table),
+        "alignment": f"reward margin {aligned.reward_margin:+.4f}, within tax bound: {aligned.passed_tax_bound}",
+        "aligned model gate": aligned.registry.line() if aligned.registry else "not submitted (align.register_candidate=false)",
         "seconds": round(time.perf_counter() - started, 1),
     }
     publish_summary(summary)

@@ -25,6 +25,7 @@ from tasks.align.rewards import exact, reward_for
 from tasks.evals.config import GatePolicy, RunConfig
 from tasks.evals.gate import Check, alignment_tax_check, worsening
 from tasks.evals.runner import MetricTable, run_lm_eval
+from tasks.evals.stage import Verdict
 from tasks.evals.suite import Suite
 
 ACCURACY = "instruct/accuracy"
@@ -103,6 +104,24 @@ class Summary:
     checks: dict[str, list[Check]]
     passed: bool  # the final model is within every alignment-tax bound
     markdown: str
+
+
+@dataclass(frozen=True)
+class AlignResult:
+    """What the align flow returns: the models it trained, their table, the reward margin, the tax and the release verdict."""
+
+    base_model_dir: str
+    sft_model_dir: str
+    dpo_model_dir: str
+    table: list[dict[str, Any]]  # one row per model, base first (ModelScores.row)
+    reward_margin: float  # DPO's implicit reward margin on held-out pairs
+    reward_margin_accuracy: float  # share of held-out pairs ranked right
+    tax: dict[str, dict[str, float]]
+    tax_checks: dict[str, list[str]]  # aligned model -> each bound's reason line
+    passed_tax_bound: bool
+    mlflow_run_ids: dict[str, Any]  # align, sft, and one dpo run per iteration
+    instructions: dict[str, Any]  # the instruction set's counts
+    registry: Verdict | None  # the evals flow's verdict on the final model, with align.register_candidate
 
 
 @task(name="summarize-alignment", cache_policy=NO_CACHE)

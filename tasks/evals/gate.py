@@ -24,7 +24,7 @@ or advisory by policy), so a report never shows a waived failure as a plain pass
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from prefect import task
@@ -229,13 +229,13 @@ class ScalingGate:
     the gate: the pipeline stops, the release gate rejects); ``overridden`` (it missed, and a
     person let it through with ``scaling.override_gate``: ``override_reason`` says why);
     ``advisory`` (it missed, and the policy ``evals.gate.scaling_gate=advisory`` only reports it).
-    Between flows it travels as the plain dict of :meth:`to_dict`.
+    Flows take it as it is; a deployment's JSON parameter becomes one through the same checks.
     """
 
     status: str
     reasons: list[str]
     override_reason: str = ""
-    prediction: dict[str, float] | None = None
+    prediction: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in SCALING_STATUSES:
@@ -246,20 +246,8 @@ class ScalingGate:
                 "gate needs the reason it was overridden for (scaling.override_reason), and only an overridden one has one"
             )
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> ScalingGate:
-        """The outcome from its dict form, refusing a dict with missing or unknown fields."""
-        known = {f.name for f in fields(cls)}
-        missing, unknown = {"status", "reasons"} - set(raw), set(raw) - known
-        if missing or unknown:
-            raise ValueError(
-                f"the scaling gate input needs the fields {sorted(known)} (status and reasons required); "
-                f"missing {sorted(missing)}, unknown {sorted(unknown)}: pass ScalingGate.to_dict()"
-            )
-        return cls(**{**raw, "reasons": [str(r) for r in raw["reasons"]]})
-
     def to_dict(self) -> dict[str, Any]:
-        """The plain dict a flow parameter carries."""
+        """Its JSON form: what the judgement key hashes and the lineage records."""
         return asdict(self)
 
     def under(self, mode: str) -> ScalingGate:
@@ -289,13 +277,13 @@ def scaling_outcome(target: dict[str, Any], policy: GatePolicy) -> ScalingGate:
     return outcome.under(policy.scaling_gate)
 
 
-def scaling_check(scaling_gate: dict[str, Any], mode: str) -> Check:
-    """The scaling-law gate's outcome (a :class:`ScalingGate` dict) under the policy's ``scaling_gate`` mode.
+def scaling_check(scaling_gate: ScalingGate, mode: str) -> Check:
+    """The scaling-law gate's outcome under the policy's ``scaling_gate`` mode.
 
     A pass passes; an override passes, reported as overridden with its reason; a miss is
     reported as advisory under ``advisory`` and fails the check under ``required``.
     """
-    outcome = ScalingGate.from_dict(scaling_gate).under(mode)
+    outcome = scaling_gate.under(mode)
     reasons = "; ".join(outcome.reasons) or "no reasons given"
     if outcome.status == OVERRIDDEN:
         return Check(SCALING, None, True, f"missed its prediction, overridden ({outcome.override_reason}): {reasons}", OVERRIDDEN)
@@ -309,7 +297,7 @@ def judge(
     policy: GatePolicy,
     champion: Scores | None = None,
     base: MetricTable | None = None,
-    scaling_gate: dict[str, Any] | None = None,
+    scaling_gate: ScalingGate | None = None,
 ) -> Decision:
     """Apply every rule of ``policy``; the first candidate (no champion) faces the floors only."""
     table = candidate.table
@@ -333,7 +321,7 @@ def gate(
     policy: GatePolicy,
     champion: Scores | None,
     base: MetricTable | None,
-    scaling_gate: dict[str, Any] | None,
+    scaling_gate: ScalingGate | None,
 ) -> Decision:
     """Prefect task around :func:`judge`."""
     return judge(candidate, policy, champion, base, scaling_gate)

@@ -12,7 +12,7 @@ copied into ``ladder.lineage.*`` tags so versions can be searched by them.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ladder import lineage
 from ladder.artifacts import Artifact, ArtifactRef, ArtifactStore
@@ -24,6 +24,7 @@ from tasks.data.dataset import resolve_dataset
 from tasks.data.version import dvc_remote
 
 if TYPE_CHECKING:  # the stage imports this module to log what it collects
+    from tasks.evals.gate import ScalingGate
     from tasks.evals.stage import Candidate
 
 LINEAGE_JSON = "lineage.json"
@@ -47,7 +48,7 @@ def collect(
     candidate: Candidate,
     eval_run_id: str,
     suite: Artifact,
-    scaling_gate: dict[str, Any] | None = None,
+    scaling_gate: ScalingGate | None = None,
     extra: dict[str, ArtifactRef] | None = None,
 ) -> Node:
     """The candidate's tree. ``extra`` names artifacts the caller knows that are not the model's
@@ -83,8 +84,8 @@ def collect(
     for name, ref in sorted((extra or {}).items()):
         inputs[name] = walk(store.get(ref))
     if scaling_gate is not None:
-        inputs["scaling_gate"] = {"value": scaling_gate.get("status", "unknown"),
-                                  **{k: str(v) for k, v in sorted(scaling_gate.items()) if k != "status"}}
+        outcome = scaling_gate.to_dict()
+        inputs["scaling_gate"] = {"value": outcome.pop("status"), **{k: str(v) for k, v in sorted(outcome.items())}}
     return {
         "value": f"evaluation run {eval_run_id}",
         "eval_run": eval_run_id,

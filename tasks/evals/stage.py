@@ -56,52 +56,60 @@ def weights_sha256(model_dir: Path) -> str:
 
 
 def judged_inputs(
-    candidate: Candidate, suite: Suite, cfg: EvalConfig, base_metrics: Any, scaling_gate: dict[str, Any] | None
+    candidate: Candidate, suite: Suite, cfg: EvalConfig, base_metrics: Any, scaling_gate: ScalingGate | None
 ) -> str:
     """A hash of what a gate decision depends on besides the champion: the weights, the suite, how they are run and judged.
 
-    The scaling gate enters as the outcome the policy makes of it, which also refuses a
-    malformed one before anything is evaluated.
+    ``scaling_gate`` is the outcome under the policy in force (``ScalingGate.under``).
     """
-    scaling = None if scaling_gate is None else ScalingGate.from_dict(scaling_gate).under(cfg.gate.scaling_gate).to_dict()
     return content_hash({
         "weights": weights_sha256(candidate.model_dir), "suite": suite.version, "run": cfg.run.model_dump(),
-        "gate": cfg.gate.model_dump(), "base_metrics": base_metrics, "scaling_gate": scaling,
+        "gate": cfg.gate.model_dump(), "base_metrics": base_metrics,
+        "scaling_gate": None if scaling_gate is None else scaling_gate.to_dict(),
     })
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the evals flow returns about a registry version, judged now or (``reused``) earlier.
+
+    ``alias`` is None for a version that holds none (a later champion took it); ``metrics`` has one
+    row per metric (``tasks.evals.runner.table_rows``); ``lineage`` is the version's tree.
+    """
+
+    decision: str
+    reasons: list[str]
+    version: str
+    alias: str | None
+    registered_model: str
+    champion_before: str | None
+    metrics: list[dict[str, Any]]
+    eval_run_id: str
+    suite_version: str
+    contaminated_items: int
+    lineage: dict[str, Any]
+    reused: bool
+
+    def line(self) -> str:
+        """``promoted: NAME vN @alias``, the alias left out when the version holds none."""
+        alias = f" @{self.alias}" if self.alias else ""
+        return f"{self.decision}: {self.registered_model} v{self.version}{alias}"
 
 
 def verdict(
     name: str, version: str, *, decision: str, reasons: list[str], alias: str | None, champion_before: str | None,
     table: MetricTable, eval_run_id: str, suite: Suite, links: dict[str, Any], reused: bool,
-) -> dict[str, Any]:
-    """What the evals flow returns about a registry version, judged now or (``reused``) earlier.
-
-    ``alias`` is None for a version that holds none (a later champion took it).
-    """
-    return {
-        "decision": decision,
-        "reasons": reasons,
-        "version": version,
-        "alias": alias,
-        "registered_model": name,
-        "champion_before": champion_before,
-        "metrics": table_rows(table),
-        "eval_run_id": eval_run_id,
-        "suite_version": suite.version,
-        "contaminated_items": suite.artifact.metrics["contaminated_items"],
-        "lineage": links,
-        "reused": reused,
-    }
-
-
-def verdict_line(result: dict[str, Any]) -> str:
-    """``promoted: NAME vN @alias``, the alias left out when the version holds none."""
-    alias = f" @{result['alias']}" if result["alias"] else ""
-    return f"{result['decision']}: {result['registered_model']} v{result['version']}{alias}"
+) -> Verdict:
+    """The :class:`Verdict` on version ``version`` of ``name``, judged on ``suite`` with results ``table``."""
+    return Verdict(
+        decision=decision, reasons=reasons, version=version, alias=alias, registered_model=name,
+        champion_before=champion_before, metrics=table_rows(table), eval_run_id=eval_run_id, suite_version=suite.version,
+        contaminated_items=suite.artifact.metrics["contaminated_items"], lineage=links, reused=reused,
+    )
 
 
 @task(name="find-earlier-verdict", cache_policy=NO_CACHE)
-def earlier_verdict(name: str, inputs: str, suite: Suite) -> dict[str, Any] | None:
+def earlier_verdict(name: str, inputs: str, suite: Suite) -> Verdict | None:
     """The verdict on the version already judged on ``inputs`` against the current champion, or None.
 
     A rerun reports that verdict instead of registering a copy (see ``registry.decided_version``).
@@ -268,7 +276,7 @@ def collect_lineage(
     candidate: Candidate,
     eval_run_id: str,
     suite: Suite,
-    scaling_gate: dict[str, Any] | None,
+    scaling_gate: ScalingGate | None,
     extra: dict[str, ArtifactRef] | None,
 ) -> dict[str, Any]:
     """The model's chain (see :mod:`tasks.evals.lineage`), logged once as ``lineage.json`` in the eval run."""
@@ -279,7 +287,7 @@ def collect_lineage(
 
 @task(name="register-candidate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def register(
-    cfg: EvalConfig, model_uri: str, links: dict[str, Any], suite: Suite, eval_run_id: str, scaling_gate: dict[str, Any] | None
+    cfg: EvalConfig, model_uri: str, links: dict[str, Any], suite: Suite, eval_run_id: str, scaling_gate: ScalingGate | None
 ) -> str:
     """A new version of ``cfg.registered_model`` with alias ``challenger``, tagged with its lineage; returns the version number.
 
@@ -287,7 +295,7 @@ def register(
     """
     tags = {**lineage.to_tags(links), SUITE_TAG: suite.version, EVAL_RUN: eval_run_id}
     if scaling_gate is not None:
-        tags.update(registry.scaling_tags(ScalingGate.from_dict(scaling_gate).under(cfg.gate.scaling_gate)))
+        tags.update(registry.scaling_tags(scaling_gate))
     return str(registry.register_candidate(cfg.registered_model, model_uri, tags).version)
 
 
@@ -334,7 +342,7 @@ class Judgement:
 
 def judge_against(
     champion: str | None, *, cfg: EvalConfig, suite: Suite, table: MetricTable, base: MetricTable | None,
-    scaling_gate: dict[str, Any] | None, eval_run_id: str, facts: dict[str, str],
+    scaling_gate: ScalingGate | None, eval_run_id: str, facts: dict[str, str],
 ) -> Judgement:
     """Score champion version ``champion`` on the suite, apply the release gate to ``table``, publish the report.
 

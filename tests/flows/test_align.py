@@ -57,29 +57,29 @@ def test_align_flow_sft_beats_base_and_dpo_margin_is_positive(
 
     result = align_flow(profile="tiny", overrides=OVERRIDES, base_model_dir=str(base_dir), dataset_md5=dataset_version(workspace))
 
-    rows = {row["model"]: row for row in result["table"]}
+    rows = {row["model"]: row for row in result.table}
     assert rows["sft"]["instruct/accuracy"] > rows["base"]["instruct/accuracy"]
-    assert result["reward_margin"] > 0
-    assert set(result["tax"]) == {"sft", "dpo"}
-    assert isinstance(result["passed_tax_bound"], bool)
+    assert result.reward_margin > 0
+    assert set(result.tax) == {"sft", "dpo"}
+    assert isinstance(result.passed_tax_bound, bool)
     for key in ("sft_model_dir", "dpo_model_dir"):
-        assert (Path(result[key]) / "config.json").is_file()
+        assert (Path(getattr(result, key)) / "config.json").is_file()
 
     client = MlflowClient()
     runs = {run.info.run_id: run for run in client.search_runs([experiment_id(workspace)])}
-    align_run = runs[result["mlflow_run_ids"]["align"]]
-    for child in [result["mlflow_run_ids"]["sft"], *result["mlflow_run_ids"]["dpo"]]:
+    align_run = runs[result.mlflow_run_ids["align"]]
+    for child in [result.mlflow_run_ids["sft"], *result.mlflow_run_ids["dpo"]]:
         tags = runs[child].data.tags
         assert tags["mlflow.parentRunId"] == align_run.info.run_id
         assert tags["ladder.base_model.dir"] == str(base_dir.resolve())
         assert tags["ladder.data.md5"] == dataset_version(workspace)
-    assert {i.dataset.name for i in runs[result["mlflow_run_ids"]["sft"]].inputs.dataset_inputs} == {"ladder-instructions-train"}
-    assert (result["registry"]["version"], result["registry"]["decision"]) == ("1", "promoted")
+    assert {i.dataset.name for i in runs[result.mlflow_run_ids["sft"]].inputs.dataset_inputs} == {"ladder-instructions-train"}
+    assert (result.registry.version, result.registry.decision) == ("1", "promoted")
 
     # Released under its own name; a further round can align from that champion: the model just promoted.
-    assert result["registry"]["registered_model"] == "ladder-align-test-chat"
+    assert result.registry.registered_model == "ladder-align-test-chat"
     champion = resolve_base.fn(workspace, "ladder-align-test-chat", None, None)
     assert champion.registry_version == "ladder-align-test-chat/1"
-    assert champion.training_run_id == result["mlflow_run_ids"]["dpo"][-1]
+    assert champion.training_run_id == result.mlflow_run_ids["dpo"][-1]
     model, tokenizer = load_model(champion.model_dir)
     assert tokenizer.chat_template and model.config.vocab_size == tokenizer.vocab_size

@@ -40,7 +40,7 @@ from tasks.data.version import dvc_md5, run_dvc
 from tasks.evals import registry
 from tasks.evals.config import RunConfig, SuiteConfig
 from tasks.evals.gate import ADVISORY, FAILED, OVERRIDDEN, ScalingGate
-from tasks.evals.stage import score_champion
+from tasks.evals.stage import Verdict, score_champion
 from tasks.evals.suite import STAGE as SUITE_STAGE
 from tasks.evals.suite import TASKS_DIR, build_suite
 from tasks.scaling.stage import CODE as SCALING_CODE, STAGE as SCALING_STAGE
@@ -123,7 +123,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> It
 
 
 @pytest.fixture(scope="module")
-def promoted(stack: Stack) -> dict[str, Any]:
+def promoted(stack: Stack) -> Verdict:
     """The first candidate: no champion yet."""
     return evals_flow(
         overrides=OVERRIDES, model_dir=str(stack.trained_dir), training_run_id=stack.training_run_id,
@@ -132,29 +132,29 @@ def promoted(stack: Stack) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def rejected(stack: Stack, promoted: dict[str, Any]) -> dict[str, Any]:
+def rejected(stack: Stack, promoted: Verdict) -> Verdict:
     """The second candidate: an untrained model, far worse than the champion."""
     return evals_flow(overrides=OVERRIDES, model_dir=str(stack.untrained_dir))
 
 
-def _metric(result: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(row for row in result["metrics"] if row["metric"] == name)
+def _metric(result: Verdict, name: str) -> dict[str, Any]:
+    return next(row for row in result.metrics if row["metric"] == name)
 
 
-def test_first_candidate_passes_the_floors_and_becomes_champion(stack: Stack, promoted: dict[str, Any]) -> None:
-    assert (promoted["decision"], promoted["version"], promoted["alias"]) == ("promoted", "1", "champion")
-    assert promoted["champion_before"] is None
-    assert any("no champion yet" in reason for reason in promoted["reasons"])
+def test_first_candidate_passes_the_floors_and_becomes_champion(stack: Stack, promoted: Verdict) -> None:
+    assert (promoted.decision, promoted.version, promoted.alias) == ("promoted", "1", "champion")
+    assert promoted.champion_before is None
+    assert any("no champion yet" in reason for reason in promoted.reasons)
     bpb = _metric(promoted, "ladder_ppl/bits_per_byte")
     assert bpb["value"] < 4.0 and bpb["stderr"] > 0 and bpb["higher_is_better"] is False
-    assert {"ladder_next_line_2shot/acc_norm", "ladder_last_word_gen/exact_match"} <= {r["metric"] for r in promoted["metrics"]}
-    assert promoted["contaminated_items"] == 0
+    assert {"ladder_next_line_2shot/acc_norm", "ladder_last_word_gen/exact_match"} <= {r["metric"] for r in promoted.metrics}
+    assert promoted.contaminated_items == 0
 
     client = MlflowClient()
     champion = client.get_model_version_by_alias(NAME, registry.CHAMPION)
     assert champion.version == "1" and champion.tags[registry.DECISION_TAG] == registry.PROMOTED
     assert registry.aliases_of(NAME, "1") == [registry.CHAMPION]  # a champion is no longer a challenger
-    run = client.get_run(promoted["eval_run_id"])
+    run = client.get_run(promoted.eval_run_id)
     # The eval run hangs under the training run and holds results, samples, table and report.
     assert run.data.tags["mlflow.parentRunId"] == stack.training_run_id
     assert run.data.metrics["ladder_ppl/bits_per_byte"] == pytest.approx(bpb["value"])
@@ -170,10 +170,10 @@ def test_first_candidate_passes_the_floors_and_becomes_champion(stack: Stack, pr
     assert any(a.type == "markdown" and a.data == report for a in shown)
 
 
-def test_regressing_candidate_stays_challenger_with_reasons(stack: Stack, promoted: dict[str, Any], rejected: dict[str, Any]) -> None:
-    assert (rejected["decision"], rejected["version"], rejected["alias"]) == ("rejected", "2", "challenger")
-    assert rejected["champion_before"] == "1"
-    failures = [r for r in rejected["reasons"] if r.startswith("FAIL")]
+def test_regressing_candidate_stays_challenger_with_reasons(stack: Stack, promoted: Verdict, rejected: Verdict) -> None:
+    assert (rejected.decision, rejected.version, rejected.alias) == ("rejected", "2", "challenger")
+    assert rejected.champion_before == "1"
+    failures = [r for r in rejected.reasons if r.startswith("FAIL")]
     assert any(r.startswith("FAIL regression ladder_ppl/bits_per_byte: candidate") for r in failures), failures
 
     client = MlflowClient()
@@ -187,34 +187,34 @@ def test_regressing_candidate_stays_challenger_with_reasons(stack: Stack, promot
 
 
 def test_the_same_candidate_judged_again_is_reported_not_registered_again(
-    stack: Stack, promoted: dict[str, Any], rejected: dict[str, Any]
+    stack: Stack, promoted: Verdict, rejected: Verdict
 ) -> None:
     again = evals_flow(
         overrides=OVERRIDES, model_dir=str(stack.trained_dir), training_run_id=stack.training_run_id,
         lineage={"scaling": stack.scaling},
     )
-    assert again["reused"] and not promoted["reused"]
-    assert (again["decision"], again["version"], again["alias"], again["eval_run_id"]) == (
-        "promoted", "1", "champion", promoted["eval_run_id"])
-    assert again["metrics"] == promoted["metrics"] and again["reasons"] == promoted["reasons"]
-    assert again["lineage"] == promoted["lineage"]
+    assert again.reused and not promoted.reused
+    assert (again.decision, again.version, again.alias, again.eval_run_id) == (
+        "promoted", "1", "champion", promoted.eval_run_id)
+    assert again.metrics == promoted.metrics and again.reasons == promoted.reasons
+    assert again.lineage == promoted.lineage
     assert sorted(v.version for v in MlflowClient().search_model_versions(f"name = '{NAME}'")) == ["1", "2"]
     # A stricter policy is another judgement: the same weights are evaluated and registered anew.
     stricter = evals_flow(
         overrides=[*OVERRIDES, "evals.gate.floors={ladder_ppl/bits_per_byte: 0.5}"], model_dir=str(stack.trained_dir),
         training_run_id=stack.training_run_id,
     )
-    assert (stricter["reused"], stricter["version"], stricter["decision"]) == (False, "3", "rejected")
+    assert (stricter.reused, stricter.version, stricter.decision) == (False, "3", "rejected")
 
 
-def test_lineage_of_the_champion_names_dataset_and_training_run(stack: Stack, promoted: dict[str, Any]) -> None:
+def test_lineage_of_the_champion_names_dataset_and_training_run(stack: Stack, promoted: Verdict) -> None:
     result = CliRunner().invoke(app, ["lineage", f"{NAME}@champion"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     for start, fact in (
         ("dataset: ", f"{stack.dataset_md5}, dvc_remote {stack.ws.dvc_remote}"),
         ("model: ", f"mlflow_run {stack.training_run_id}"),
-        ("evaluation run ", f"eval_run {promoted['eval_run_id']}"),
+        ("evaluation run ", f"eval_run {promoted.eval_run_id}"),
         ("scaling: ", f"scaling {stack.scaling.version}"),
     ):
         assert any(line.strip().startswith(start) and fact in line for line in lines), (start, fact, result.output)
@@ -222,13 +222,13 @@ def test_lineage_of_the_champion_names_dataset_and_training_run(stack: Stack, pr
     assert "git_commit " in top and re.search(r"prefect_flow_run [0-9a-f-]{36}", top), top
 
 
-def test_standard_clients_load_and_score_the_champion(stack: Stack, promoted: dict[str, Any], tmp_path: Path) -> None:
+def test_standard_clients_load_and_score_the_champion(stack: Stack, promoted: Verdict, tmp_path: Path) -> None:
     pipeline = mlflow.transformers.load_model(f"models:/{NAME}@champion")
     generated = pipeline("Thou art", max_new_tokens=4, do_sample=False)[0]["generated_text"]
     assert generated.startswith("Thou art")
 
     root = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path / "champion")))
-    include = stack.ws.artifacts / SUITE_STAGE / promoted["suite_version"] / TASKS_DIR
+    include = stack.ws.artifacts / SUITE_STAGE / promoted.suite_version / TASKS_DIR
     command = registry.lm_eval_command(root / "model", root / "components" / "tokenizer", include, ["ladder_next_line", "ladder_ppl_verse"])
     command[0] = str(Path(sys.executable).parent / "lm_eval")
     done = subprocess.run([*command, "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
@@ -242,9 +242,9 @@ def test_standard_clients_load_and_score_the_champion(stack: Stack, promoted: di
     assert results["ladder_next_line"]["acc,none"] == pytest.approx(_metric(promoted, "ladder_next_line/acc")["value"], abs=1 / 24 + 1e-9)
 
 
-def test_a_champion_scored_on_another_suite_is_scored_again(stack: Stack, promoted: dict[str, Any]) -> None:
+def test_a_champion_scored_on_another_suite_is_scored_again(stack: Stack, promoted: Verdict) -> None:
     other = build_suite.fn(stack.ws, SuiteConfig(seed=1, items_per_task=8, fewshot_pool=4, ppl_docs_per_source=2), resolve_dataset(stack.ws, stack.dataset_md5))
-    assert other.version != promoted["suite_version"]
+    assert other.version != promoted.suite_version
     scores = score_champion.fn(NAME, registry.alias_version(NAME, registry.CHAMPION), other, RunConfig())
     assert scores.version == registry.alias_version(NAME, registry.CHAMPION)
     assert f"re-scored on suite {other.version}" in scores.note
@@ -259,22 +259,23 @@ def test_the_scaling_gate_outcome_is_judged_and_tagged_as_what_it_is(stack: Stac
     missed = ScalingGate(FAILED, ["actual loss 3.9000 is outside the 95% interval"], prediction={"loss": 3.5})
     overridden = evals_flow(
         overrides=overrides, model_dir=str(stack.trained_dir),
-        scaling_gate=replace(missed, status=OVERRIDDEN, override_reason="known tokenizer change").to_dict(),
+        scaling_gate=replace(missed, status=OVERRIDDEN, override_reason="known tokenizer change"),
     )
     advisory = evals_flow(
         overrides=[*overrides, "evals.gate.scaling_gate=advisory"], model_dir=str(stack.trained_dir),
-        scaling_gate=replace(missed, status=ADVISORY).to_dict(),
+        scaling_gate=replace(missed, status=ADVISORY),
     )
+    # a deployment passes the outcome as JSON: the flow takes it as the same gate
     required = evals_flow(overrides=overrides, model_dir=str(stack.trained_dir), scaling_gate=missed.to_dict())
 
-    assert [r["decision"] for r in (overridden, advisory, required)] == ["promoted", "promoted", "rejected"]
+    assert [r.decision for r in (overridden, advisory, required)] == ["promoted", "promoted", "rejected"]
     assert any(r.startswith("OVERRIDDEN scaling_prediction: missed its prediction, overridden (known tokenizer change)")
-               for r in overridden["reasons"])
-    assert any(r.startswith("ADVISORY scaling_prediction") for r in advisory["reasons"])
-    assert required["reasons"][0].startswith("FAIL scaling_prediction: failed: actual loss 3.9000")
+               for r in overridden.reasons)
+    assert any(r.startswith("ADVISORY scaling_prediction") for r in advisory.reasons)
+    assert required.reasons[0].startswith("FAIL scaling_prediction: failed: actual loss 3.9000")
     client = MlflowClient()
-    recorded = [client.get_model_version(name, r["version"]).tags for r in (overridden, advisory, required)]
+    recorded = [client.get_model_version(name, r.version).tags for r in (overridden, advisory, required)]
     assert [t[tags.SCALING_GATE] for t in recorded] == [OVERRIDDEN, ADVISORY, FAILED]
     assert [t.get(tags.SCALING_OVERRIDE) for t in recorded] == ["known tokenizer change", None, None]
     found = client.search_model_versions(f"name = '{name}' and tags.`{tags.SCALING_GATE}` = '{OVERRIDDEN}'")
-    assert [v.version for v in found] == [overridden["version"]]
+    assert [v.version for v in found] == [overridden.version]

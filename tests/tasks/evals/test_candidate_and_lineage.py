@@ -18,6 +18,7 @@ from tasks.data.curate import DATA_FILES
 from tasks.data.dataset import dvc_dir_md5
 from tasks.data.version import STAMPS
 from tasks.evals import lineage
+from tasks.evals.gate import OVERRIDDEN, ScalingGate
 from tasks.evals.stage import Candidate, resolve_candidate
 from tasks.train.stage import CODE as TRAIN_CODE, MODEL_DIR as TRAIN_MODEL_DIR, STAGE as TRAIN_STAGE
 
@@ -90,7 +91,7 @@ def test_lineage_walks_the_manifests_to_the_raw_corpus_with_each_artifacts_own_r
     with stage_run(ws, "tokenizer", Stub(), other, tags={"ladder.data.md5": md5}):
         pass
 
-    scaling = {"status": "overridden", "reasons": ["outside the interval"], "override_reason": "known warmup bug"}
+    scaling = ScalingGate(OVERRIDDEN, ["outside the interval"], override_reason="known warmup bug")
     candidate = Candidate(model.path / TRAIN_MODEL_DIR, None, model.ref)
     tree = lineage.collect(ws, candidate, "eval-run", suite, scaling, {"scaling": fit.ref})
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from prefect.exceptions import ParameterTypeError
 
+from flows.evals import evals_flow
 from tasks.evals.config import GatePolicy
 from tasks.evals.gate import (
     ADVISORY,
@@ -34,7 +37,7 @@ POLICY = GatePolicy(
     alignment_tax={"cloze/acc": 0.05},
 )
 ADVISORY_POLICY = POLICY.model_copy(update={"scaling_gate": "advisory"})
-MISSED = ScalingGate(FAILED, ["actual loss 3.1 is outside the interval"], prediction={"loss": 2.8}).to_dict()
+MISSED = ScalingGate(FAILED, ["actual loss 3.1 is outside the interval"], prediction={"loss": 2.8})
 
 
 DOC_BYTES = 1000.0
@@ -138,7 +141,7 @@ def test_scaling_gate_outcomes_are_reported_as_what_they_are() -> None:
     assert failed(required) == {(SCALING, None)}
     assert _scaling(required).startswith("FAIL scaling_prediction: failed: actual loss 3.1")
     # an override lets it through, reported as overridden with its reason, not as a pass
-    let_through = {**MISSED, "status": OVERRIDDEN, "override_reason": "approved by the lead"}
+    let_through = replace(MISSED, status=OVERRIDDEN, override_reason="approved by the lead")
     overridden = judge(scores(2.0, 0.6), POLICY, scaling_gate=let_through)
     assert overridden.passed
     assert _scaling(overridden).startswith("OVERRIDDEN scaling_prediction: missed its prediction, overridden (approved by the lead)")
@@ -146,15 +149,18 @@ def test_scaling_gate_outcomes_are_reported_as_what_they_are() -> None:
     advisory = judge(scores(2.0, 0.6), ADVISORY_POLICY, scaling_gate=MISSED)
     assert advisory.passed and _scaling(advisory).startswith("ADVISORY scaling_prediction")
     # the policy in force decides: a miss marked advisory fails under a required policy
-    assert failed(judge(scores(2.0, 0.6), POLICY, scaling_gate={**MISSED, "status": ADVISORY})) == {(SCALING, None)}
-    assert _scaling(judge(scores(2.0, 0.6), POLICY, scaling_gate={**MISSED, "status": PASSED})).startswith("PASS")
+    assert failed(judge(scores(2.0, 0.6), POLICY, scaling_gate=replace(MISSED, status=ADVISORY))) == {(SCALING, None)}
+    assert _scaling(judge(scores(2.0, 0.6), POLICY, scaling_gate=replace(MISSED, status=PASSED))).startswith("PASS")
     markdown = report_markdown(overridden, "promoted", {}, table(2.0, 0.6), POLICY)
     assert "| ⚠️ overridden | scaling_prediction | — | missed its prediction, overridden (approved by the lead)" in markdown
 
 
 def test_a_malformed_scaling_gate_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"missing \['status'\], unknown \['passed'\]"):
-        judge(scores(2.0, 0.6), POLICY, scaling_gate={"passed": False, "reasons": []})
+    # what a deployment passes as JSON is checked by the evals flow before it runs
+    with pytest.raises(ParameterTypeError, match="status"):
+        evals_flow.validate_parameters({"scaling_gate": {"passed": False, "reasons": []}})
+    with pytest.raises(ParameterTypeError, match="needs the reason it was overridden for"):
+        evals_flow.validate_parameters({"scaling_gate": {"status": OVERRIDDEN, "reasons": []}})
     with pytest.raises(ValueError, match="not one of"):
         ScalingGate("skipped", [])
     with pytest.raises(ValueError, match="needs the reason it was overridden for"):
@@ -182,7 +188,7 @@ def test_the_pipeline_stops_only_at_a_miss_the_policy_requires_and_nobody_overro
     # what evaluate receives: every field, the prediction included, and nothing else
     assert advisory.to_dict() == {"status": ADVISORY, "reasons": ["relative error +12.00% is beyond the tolerance"],
                                   "override_reason": "", "prediction": {"loss": 2.8, "low": 2.7, "high": 2.9}}
-    assert ScalingGate.from_dict(advisory.to_dict()) == advisory
+    assert evals_flow.validate_parameters({"scaling_gate": advisory.to_dict()})["scaling_gate"] == advisory
 
 
 def test_report_names_the_outcome_every_reason_and_the_policy(tmp_path: Path) -> None:
