@@ -19,7 +19,6 @@ from tasks.align.report import AlignResult, evaluate_model, summarize
 from tasks.align.runs import lineage_tags, log_report, log_training_run, open_align_run
 from tasks.align.sft import train_sft
 from tasks.evals.gate import ScalingGate, check_policy
-from tasks.evals.runner import table_rows
 from tasks.evals.suite import build_suite
 from tasks.data.dataset import resolve_dataset
 from tasks.train.stage import TrainedModel
@@ -91,7 +90,7 @@ def align_flow(
             profile=profile, overrides=[*(overrides or []), release], model_dir=str(policy.model_dir),
             training_run_id=dpo_runs[-1],
             dataset_md5=md5, lineage=lineage, scaling_gate=scaling_gate,
-            base_metrics=table_rows(scores[0].evals),
+            base=scores[0].evals,
         )
     result = AlignResult(
         base_model_dir=str(base.model_dir),

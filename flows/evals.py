@@ -14,7 +14,7 @@ from ladder.config import load
 from ladder.workspace import Workspace
 from tasks.evals.gate import ScalingGate, check_policy
 from tasks.evals.registry import PROMOTED, REJECTED
-from tasks.evals.runner import evaluate_checkpoint, table_from_rows
+from tasks.evals.runner import Scores, evaluate_checkpoint
 from tasks.evals.stage import (
     Verdict,
     collect_lineage,
@@ -47,7 +47,7 @@ def evals_flow(
     dataset_md5: str | None = None,
     lineage: dict[str, ArtifactRef] | None = None,
     scaling_gate: ScalingGate | None = None,
-    base_metrics: list[dict[str, Any]] | None = None,
+    base: Scores | None = None,
 ) -> Verdict:
     """Evaluate a checkpoint, gate it against the champion, and register it as a new version.
 
@@ -62,9 +62,9 @@ def evals_flow(
     artifacts the caller knows that are not inputs of the model (``{"scaling": ref}``): they are
     walked into its lineage too;
     ``scaling_gate`` is the scaling-law gate's outcome on the target (a deployment's JSON form of it
-    is checked the same way), judged under this policy's ``scaling_gate`` mode; ``base_metrics`` are
-    the ``metrics`` this flow returned for the base model of an aligned candidate, for the
-    alignment-tax bound.
+    is checked the same way), judged under this policy's ``scaling_gate`` mode; ``base`` is the base
+    model of an aligned candidate scored on the same suite (table and per-item results), which
+    its alignment tax is paired against.
 
     Returns the :class:`~tasks.evals.stage.Verdict`: decision (promoted or rejected), reasons,
     version, alias, metrics, eval run and what the candidate was compared with.
@@ -74,12 +74,11 @@ def evals_flow(
     ws = Workspace.from_env()
     dataset = resolve_dataset(ws, dataset_md5)
     md5 = dataset.md5
-    base = table_from_rows(base_metrics) if base_metrics is not None else None
     scaling = scaling_gate.under(cfg.gate.scaling_gate) if scaling_gate is not None else None
     candidate = resolve_candidate(ws, model, model_dir, training_run_id)
     suite = build_suite(ws, cfg.suite, dataset)
     check_policy(cfg.gate, suite.metrics)
-    inputs = judged_inputs(candidate, suite, cfg, base_metrics, scaling)
+    inputs = judged_inputs(candidate, suite, cfg, base, scaling)
     earlier = earlier_verdict(cfg.registered_model, inputs, suite)
     if earlier is not None:
         progress.finish("evals", shown(earlier))

@@ -4,7 +4,7 @@ Instruction tasks: greedy answers to the held-out items, scored by exact match (
 score, ``instruct/accuracy``) and by the task's reward (``instruct/reward``). Pretraining
 evals: the evaluation stage's lm-eval suite (held-out perplexity as bits per byte, multiple
 choice cloze), run by the evaluation stage's own runner. The alignment tax is the release
-gate's rule (``tasks.evals.gate.alignment_tax_check``) with the gate's bounds
+gate's rule (``tasks.evals.gate.tax_comparisons``, paired item by item) with the gate's bounds
 (``evals.gate.alignment_tax``), applied to each aligned model against the base model.
 """
 
@@ -23,8 +23,8 @@ from tasks.align.generate import generate
 from tasks.align.instructions import Item
 from tasks.align.rewards import exact, reward_for
 from tasks.evals.config import GatePolicy, RunConfig
-from tasks.evals.gate import Check, alignment_tax_check, worsening
-from tasks.evals.runner import MetricTable, run_lm_eval
+from tasks.evals.gate import Check, Comparison, held_to_margin, tax_comparisons
+from tasks.evals.runner import Scores, run_lm_eval
 from tasks.evals.stage import Verdict
 from tasks.evals.suite import Suite
 
@@ -38,12 +38,12 @@ class ModelScores:
 
     name: str
     instruction: dict[str, float]
-    evals: MetricTable = field(default_factory=dict)
+    evals: Scores
     answers: list[dict[str, Any]] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         """One flat table row: the model, its instruction scores, the value of each eval metric."""
-        return {"model": self.name, **self.instruction, **{name: m.value for name, m in self.evals.items()}}
+        return {"model": self.name, **self.instruction, **{name: m.value for name, m in self.evals.table.items()}}
 
 
 def answer_items(model: ModelRef, items: list[Item], cfg: AlignEvalConfig) -> list[dict[str, Any]]:
@@ -86,13 +86,7 @@ def evaluate_model(
 ) -> ModelScores:
     """Held-out instruction scores and the eval suite's table (lm-eval) of one model."""
     answers = answer_items(model, heldout, cfg)
-    table = run_lm_eval(model.model_dir, suite, run_cfg).table
-    return ModelScores(name, instruction_scores(answers), table, answers)
-
-
-def tax_checks(aligned: ModelScores, base: ModelScores, policy: GatePolicy) -> list[Check]:
-    """The gate's alignment-tax checks of ``aligned`` against ``base``, one per bounded metric."""
-    return [alignment_tax_check(aligned.evals, base.evals, name, bound) for name, bound in sorted(policy.alignment_tax.items())]
+    return ModelScores(name, instruction_scores(answers), run_lm_eval(model.model_dir, suite, run_cfg).scores, answers)
 
 
 @dataclass
@@ -101,6 +95,7 @@ class Summary:
 
     rows: list[dict[str, Any]]
     tax: dict[str, dict[str, float]]  # aligned model -> metric -> how much worse than base (negative: better)
+    comparisons: dict[str, list[Comparison]]  # aligned model -> each taxed metric paired with the base, with its interval
     checks: dict[str, list[Check]]
     passed: bool  # the final model is within every alignment-tax bound
     markdown: str
@@ -130,14 +125,12 @@ def summarize(
 ) -> Summary:
     """Rows for every model (base first), the tax of each aligned model, the verdict on the last one."""
     base, aligned = scores[0], scores[1:]
-    checks = {s.name: tax_checks(s, base, policy) for s in aligned}
-    tax = {
-        s.name: {name: worsening(s.evals[name], base.evals[name].value) for name in sorted(policy.alignment_tax)}
-        for s in aligned
-    }
+    comparisons = {s.name: tax_comparisons(s.evals, base.evals, policy) for s in aligned}
+    checks = {name: [held_to_margin(c) for c in taxed] for name, taxed in comparisons.items()}
+    tax = {name: {c.metric: c.worse for c in taxed} for name, taxed in comparisons.items()}
     rows = [s.row() for s in scores]
     passed = all(c.passed for c in checks[aligned[-1].name])
-    return Summary(rows, tax, checks, passed, report_markdown(rows, margin, checks, facts))
+    return Summary(rows, tax, comparisons, checks, passed, report_markdown(rows, margin, checks, facts))
 
 
 def table_markdown(rows: list[dict[str, Any]]) -> str:

@@ -75,8 +75,10 @@ class Check:
 
 @dataclass(frozen=True)
 class Comparison:
-    """A gated metric of candidate and champion, item by item: the difference, its interval and what the suite can see.
+    """A gated metric of candidate and reference, item by item: the difference, its interval and what the suite can see.
 
+    The reference is the champion (rule ``regression``: ``margin`` is the regression margin) or,
+    for an aligned model, its base model (rule ``alignment_tax``: ``margin`` is the tax bound).
     ``worse``, ``worse_low`` and ``worse_high`` are in the direction of worsening (positive:
     the candidate is worse), whichever way the metric improves.
     """
@@ -84,10 +86,15 @@ class Comparison:
     metric: str
     margin: float
     candidate: float
-    champion: float
+    champion: float  # the reference's value: the champion's, or the base model's under alignment_tax
     paired: PairedDifference
     power: float
     higher_is_better: bool
+    rule: str = REGRESSION
+
+    @property
+    def reference(self) -> str:
+        return "base" if self.rule == ALIGNMENT_TAX else "champion"
 
     def _worsening(self, value: float) -> float:
         # + 0.0 turns the -0.0 of a negated zero into 0.0, which reports read as "+0.0000".
@@ -173,29 +180,43 @@ def floor_check(table: MetricTable, name: str, bound: float) -> Check:
     return Check(FLOOR, name, ok, f"{metric.value:.4f} must be {relation} {bound:g}")
 
 
-def compare(candidate: Scores, champion: Scores, name: str, margin: float, policy: GatePolicy) -> Comparison:
-    """Candidate and champion on metric ``name``, paired item by item."""
-    mine, theirs = _metric(candidate.table, name, "candidate"), _metric(champion.table, name, "champion")
-    for scores, whose in ((candidate, "candidate"), (champion, "champion")):
+def compare(
+    candidate: Scores, champion: Scores, name: str, margin: float, policy: GatePolicy, rule: str = REGRESSION
+) -> Comparison:
+    """Candidate and reference (the champion, or the base model under ``alignment_tax``) on metric ``name``, paired item by item."""
+    reference = "base model" if rule == ALIGNMENT_TAX else "champion"
+    mine, theirs = _metric(candidate.table, name, "candidate"), _metric(champion.table, name, reference)
+    for scores, whose in ((candidate, "candidate"), (champion, reference)):
         if name not in scores.items:
-            raise ValueError(f"the {whose} has no per-item results for {name!r}: the regression check pairs items")
+            raise ValueError(f"the {whose} has no per-item results for {name!r}: the {rule} check pairs items")
     paired = paired_difference(name, candidate.items[name], champion.items[name], policy.confidence, policy.bootstrap_iters)
-    return Comparison(name, margin, mine.value, theirs.value, paired, policy.power, mine.higher_is_better)
+    return Comparison(name, margin, mine.value, theirs.value, paired, policy.power, mine.higher_is_better, rule)
+
+
+def tax_comparisons(aligned: Scores, base: Scores, policy: GatePolicy) -> list[Comparison]:
+    """Each taxed metric of an aligned model against its base model, paired item by item, held to its bound."""
+    return [compare(aligned, base, name, bound, policy, ALIGNMENT_TAX) for name, bound in sorted(policy.alignment_tax.items())]
 
 
 def _interval(c: Comparison) -> str:
     return f"[{c.worse_low:+.4f}, {c.worse_high:+.4f}]"
 
 
-def regression_check(c: Comparison) -> Check:
-    """Pass only when the worse end of the paired difference's interval stays within the margin."""
-    said = (f"candidate {c.candidate:.4f} vs champion {c.champion:.4f}: worse by {c.worse:+.4f}, "
+def held_to_margin(c: Comparison) -> Check:
+    """Pass only when the worse end of the paired difference's interval stays within the margin (the tax bound for a tax).
+
+    A regression against the champion and an aligned model's tax against its base are the same
+    question, asked of different references and limits.
+    """
+    limit = "bound" if c.rule == ALIGNMENT_TAX else "margin"
+    said = (f"{'aligned' if c.rule == ALIGNMENT_TAX else 'candidate'} {c.candidate:.4f} vs {c.reference} {c.champion:.4f}: "
+            f"{'tax' if c.rule == ALIGNMENT_TAX else 'worse by'} {c.worse:+.4f}, "
             f"{c.paired.confidence:.0%} interval {_interval(c)} over {c.paired.items} paired items")
     if c.outcome == "within":
-        return Check(REGRESSION, c.metric, True, f"{said}, within margin {c.margin:g}")
+        return Check(c.rule, c.metric, True, f"{said}, within {limit} {c.margin:g}")
     if c.outcome == "regression":
-        return Check(REGRESSION, c.metric, False, f"{said}: the whole interval is beyond margin {c.margin:g}")
-    return Check(REGRESSION, c.metric, False, f"{said}: unresolved, the interval reaches past margin {c.margin:g} "
+        return Check(c.rule, c.metric, False, f"{said}: the whole interval is beyond {limit} {c.margin:g}")
+    return Check(c.rule, c.metric, False, f"{said}: unresolved, the interval reaches past {limit} {c.margin:g} "
                  f"and cannot rule out a worsening of {c.worse_high:+.4f}")
 
 
@@ -212,13 +233,6 @@ def power_check(c: Comparison, policy: GatePolicy) -> Check:
     if policy.underpowered == "report":
         return Check(POWER, c.metric, True, f"{short} (policy underpowered=report)", ADVISORY)
     return Check(POWER, c.metric, False, short)
-
-
-def alignment_tax_check(table: MetricTable, base: MetricTable, name: str, bound: float) -> Check:
-    aligned, before = _metric(table, name, "aligned model"), _metric(base, name, "base model")
-    tax = worsening(aligned, before.value)
-    ok = math.isfinite(aligned.value) and tax <= bound
-    return Check(ALIGNMENT_TAX, name, ok, f"aligned {aligned.value:.4f} vs base {before.value:.4f}: tax {tax:+.4f}, bound {bound:g}")
 
 
 @dataclass(frozen=True)
@@ -296,10 +310,14 @@ def judge(
     candidate: Scores,
     policy: GatePolicy,
     champion: Scores | None = None,
-    base: MetricTable | None = None,
+    base: Scores | None = None,
     scaling_gate: ScalingGate | None = None,
 ) -> Decision:
-    """Apply every rule of ``policy``; the first candidate (no champion) faces the floors only."""
+    """Apply every rule of ``policy``; the first candidate (no champion) faces the floors only.
+
+    ``base`` is an aligned candidate's base model, scored on the same suite: its tax is paired
+    item by item, like a regression.
+    """
     table = candidate.table
     checks = [floor_check(table, name, bound) for name, bound in sorted(policy.floors.items())]
     comparisons = []
@@ -307,9 +325,11 @@ def judge(
         checks.append(Check(REGRESSION, None, True, "no champion yet: judged against the absolute floors only"))
     else:
         comparisons = [compare(candidate, champion, name, margin, policy) for name, margin in sorted(policy.regression_margins.items())]
-        checks += [regression_check(c) for c in comparisons] + [power_check(c, policy) for c in comparisons]
+        checks += [held_to_margin(c) for c in comparisons] + [power_check(c, policy) for c in comparisons]
     if base is not None:
-        checks += [alignment_tax_check(table, base, name, bound) for name, bound in sorted(policy.alignment_tax.items())]
+        taxes = tax_comparisons(candidate, base, policy)
+        checks += [held_to_margin(c) for c in taxes]
+        comparisons += taxes
     if scaling_gate is not None:
         checks.append(scaling_check(scaling_gate, policy.scaling_gate))
     return Decision(all(c.passed for c in checks), checks, comparisons)
@@ -320,7 +340,7 @@ def gate(
     candidate: Scores,
     policy: GatePolicy,
     champion: Scores | None,
-    base: MetricTable | None,
+    base: Scores | None,
     scaling_gate: ScalingGate | None,
 ) -> Decision:
     """Prefect task around :func:`judge`."""
@@ -350,11 +370,11 @@ def metrics_markdown(table: MetricTable, champion: MetricTable | None = None, ba
 
 
 def comparisons_markdown(comparisons: list[Comparison]) -> str:
-    """The paired comparisons as a Markdown table: difference, interval, margin, detectable effect, items."""
-    lines = ["| metric | candidate | champion | worse by | interval | margin | detectable | items | needed | outcome |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """The paired comparisons as a Markdown table: difference, interval, margin (or tax bound), detectable effect, items."""
+    lines = ["| rule | metric | candidate | reference | worse by | interval | margin | detectable | items | needed | outcome |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [
-        f"| {c.metric} | {c.candidate:.4f} | {c.champion:.4f} | {c.worse:+.4f} | {_interval(c)} | {c.margin:g} | "
+        f"| {c.rule} | {c.metric} | {c.candidate:.4f} | {c.reference} {c.champion:.4f} | {c.worse:+.4f} | {_interval(c)} | {c.margin:g} | "
         f"{c.detectable:.4f} | {c.paired.items} | {c.items_needed or '—'} | {c.outcome} |"
         for c in comparisons
     ]
@@ -374,12 +394,13 @@ def comparisons_figure(comparisons: list[Comparison]) -> Figure:
         colour = {"within": "tab:green", "unresolved": "tab:orange", "regression": "tab:red"}[c.outcome]
         ax.errorbar([c.worse], [0], xerr=[[c.worse - c.worse_low], [c.worse_high - c.worse]], fmt="o", color=colour, capsize=4)
         ax.axvline(0, color="grey", linewidth=0.8)
-        ax.axvline(c.margin, color="tab:red", linestyle="--", linewidth=1, label=f"margin {c.margin:g}")
+        limit = "tax bound" if c.rule == ALIGNMENT_TAX else "margin"
+        ax.axvline(c.margin, color="tab:red", linestyle="--", linewidth=1, label=f"{limit} {c.margin:g}")
         ax.axvspan(c.worse - c.detectable, c.worse + c.detectable, color=colour, alpha=0.08, label="± detectable effect")
         ax.set_yticks([])
-        ax.set_title(f"{c.metric}: {c.outcome} ({c.paired.items} paired items)", fontsize=9, loc="left")
+        ax.set_title(f"{c.rule} {c.metric} vs {c.reference}: {c.outcome} ({c.paired.items} paired items)", fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper right")
-    axes[-1].set_xlabel(f"candidate worse than champion by (metric units; {comparisons[0].paired.confidence:.0%} interval)")
+    axes[-1].set_xlabel(f"candidate worse than its reference by (metric units; {comparisons[0].paired.confidence:.0%} interval)")
     return figure
 
 
@@ -409,7 +430,7 @@ def report_markdown(
             "|---|---|---|---|",
             checks,
             "",
-            *(["## Paired comparison with the champion", "",
+            *(["## Paired comparisons with the champion and the base model", "",
                "Worsening is positive; the interval and detectable effect are at the policy's confidence and power "
                f"(as a picture: {GATE_PLOT} in the eval run).", "",
                comparisons_markdown(decision.comparisons), ""] if decision.comparisons else []),

@@ -56,7 +56,7 @@ def weights_sha256(model_dir: Path) -> str:
 
 
 def judged_inputs(
-    candidate: Candidate, suite: Suite, cfg: EvalConfig, base_metrics: Any, scaling_gate: ScalingGate | None
+    candidate: Candidate, suite: Suite, cfg: EvalConfig, base: Scores | None, scaling_gate: ScalingGate | None
 ) -> str:
     """A hash of what a gate decision depends on besides the champion: the weights, the suite, how they are run and judged.
 
@@ -64,7 +64,8 @@ def judged_inputs(
     """
     return content_hash({
         "weights": weights_sha256(candidate.model_dir), "suite": suite.version, "run": cfg.run.model_dump(),
-        "gate": cfg.gate.model_dump(), "base_metrics": base_metrics,
+        "gate": cfg.gate.model_dump(),
+        "base": None if base is None else {"table": table_rows(base.table), "items": item_results_to_dict(base.items)},
         "scaling_gate": None if scaling_gate is None else scaling_gate.to_dict(),
     })
 
@@ -307,14 +308,16 @@ def publish_report(
     table: MetricTable,
     cfg: EvalConfig,
     champion: ChampionScores | None,
-    base: MetricTable | None,
+    base: Scores | None,
 ) -> str:
     """The gate report as Markdown: logged to the eval run, shown as Prefect artifacts. Returns its MLflow URI."""
     from mlflow.tracking import MlflowClient
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     outcome = registry.PROMOTED if decision.passed else registry.REJECTED
-    markdown = report_markdown(decision, outcome, facts, table, cfg.gate, champion.table if champion else None, base)
+    markdown = report_markdown(
+        decision, outcome, facts, table, cfg.gate, champion.table if champion else None, base.table if base else None
+    )
     client = MlflowClient()
     client.log_text(eval_run_id, markdown, GATE_REPORT)
     client.log_dict(eval_run_id, decision.to_dict(), "gate_decision.json")
@@ -341,7 +344,7 @@ class Judgement:
 
 
 def judge_against(
-    champion: str | None, *, cfg: EvalConfig, suite: Suite, table: MetricTable, base: MetricTable | None,
+    champion: str | None, *, cfg: EvalConfig, suite: Suite, table: MetricTable, base: Scores | None,
     scaling_gate: ScalingGate | None, eval_run_id: str, facts: dict[str, str],
 ) -> Judgement:
     """Score champion version ``champion`` on the suite, apply the release gate to ``table``, publish the report.

@@ -124,10 +124,27 @@ def test_a_difference_the_interval_cannot_rule_out_is_unresolved_and_the_power_c
     assert any(r.startswith("ADVISORY power cloze/acc") for r in reported.reasons)
 
 
-def test_alignment_tax_bound() -> None:
-    base = table(2.0, 0.60)
+def test_alignment_tax_is_a_paired_difference_held_to_its_bound_by_the_interval() -> None:
+    base = scores(2.0, 0.60)
     assert failed(judge(scores(2.0, 0.50), POLICY, base=base)) == {(ALIGNMENT_TAX, "cloze/acc")}
-    assert judge(scores(2.0, 0.57), POLICY, base=base).passed
+    # 30 items lost, none gained: tax +0.03, and the paired interval stays under the 0.05 bound.
+    within = judge(scores(2.0, 0.57), POLICY, base=base)
+    assert within.passed
+    (tax,) = [c for c in within.comparisons if c.rule == ALIGNMENT_TAX and c.metric == "cloze/acc"]
+    assert tax.worse == pytest.approx(0.03) and tax.worse_high < 0.05 and tax.reference == "base"
+    # The same +0.03 tax, but from 165 items lost and 135 gained: the point is within the bound (the
+    # rule before pairing passed it) while the interval cannot rule out a tax past it.
+    rng = np.random.default_rng(1)
+    base_items = (np.arange(1000) < 600).astype(float)
+    aligned_items = base_items.copy()
+    flipped = np.concatenate([rng.choice(np.flatnonzero(base_items == 1), 165, replace=False),
+                              rng.choice(np.flatnonzero(base_items == 0), 135, replace=False)])
+    aligned_items[flipped] = 1 - aligned_items[flipped]
+    noisy = judge(scores(2.0, aligned_items), POLICY, base=base)
+    assert failed(noisy) == {(ALIGNMENT_TAX, "cloze/acc")}
+    (line,) = [r for r in noisy.reasons if r.startswith("FAIL")]
+    assert line.startswith("FAIL alignment_tax cloze/acc: aligned 0.5700 vs base 0.6000: tax +0.0300, 95% interval [")
+    assert "unresolved, the interval reaches past bound 0.05" in line
 
 
 def _scaling(decision) -> str:
@@ -200,11 +217,12 @@ def test_report_names_the_outcome_every_reason_and_the_policy(tmp_path: Path) ->
     for check in decision.checks:
         assert check.detail in markdown
     assert "| ppl/bits_per_byte | 2.5000 ± 0.0000 | 2.0000 ± 0.0000 | lower |" in markdown
-    assert "| ppl/bits_per_byte | 2.5000 | 2.0000 | +0.5000 | [+0.5000, +0.5000] | 0.02 | 0.0000 | 50 | 50 | regression |" in markdown
+    assert "| regression | ppl/bits_per_byte | 2.5000 | champion 2.0000 | +0.5000 | [+0.5000, +0.5000] | 0.02 | 0.0000 | 50 | 50 | regression |" in markdown
     assert "regression_margins:" in markdown
     figure = comparisons_figure(decision.comparisons)
     assert [ax.get_title(loc="left") for ax in figure.axes] == [
-        "cloze/acc: within (1000 paired items)", "ppl/bits_per_byte: regression (50 paired items)"]
+        "regression cloze/acc vs champion: within (1000 paired items)",
+        "regression ppl/bits_per_byte vs champion: regression (50 paired items)"]
     figure.savefig(tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
 
