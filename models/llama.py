@@ -198,7 +198,9 @@ def causal_lm_loss(
     ``labels`` (B, T) are already aligned with ``logits`` (B, T, V): ``labels[:, t]`` is the
     target of position t (the loader shifts them), unlike HF's ``labels=`` argument, which
     shifts again. Positions labelled ``IGNORE_INDEX`` count in neither term. Computed in fp32.
-    Returns the loss and its detached parts: ``ce``, ``z`` and ``tokens`` (how many targets).
+    Returns the loss and its detached parts: ``ce``, ``z`` and ``tokens`` (how many targets), and
+    per sequence ``row_ce`` (summed cross-entropy) and ``row_tokens``, from which validation
+    measures its own noise.
     """
     import torch
 
@@ -208,10 +210,12 @@ def causal_lm_loss(
     target_logit = logits.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
     # Clamp, not an if: a host sync per step costs more than the rare all-ignored batch.
     tokens = valid.sum().clamp(min=1)
-    ce = ((lse - target_logit) * valid).sum() / tokens
+    token_ce = (lse - target_logit) * valid
+    ce = token_ce.sum() / tokens
     z = (lse.square() * valid).sum() / tokens
     loss = ce + z_loss * z if z_loss else ce
-    return loss, {"ce": ce.detach(), "z": z.detach(), "tokens": valid.sum().detach()}
+    return loss, {"ce": ce.detach(), "z": z.detach(), "tokens": valid.sum().detach(),
+                  "row_ce": token_ce.detach().sum(-1), "row_tokens": valid.sum(-1)}
 
 
 def count_params(cfg: ModelConfig) -> dict[str, int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import statistics
@@ -164,20 +165,41 @@ class Trainer:
 
     def evaluate(self) -> float:
         """Token-weighted validation cross-entropy over the same first batches every time."""
+        return self.validation()[0]
+
+    def validation(self) -> tuple[float, float | None]:
+        """The validation loss of :meth:`evaluate` and its standard error (None from a single sequence).
+
+        Each sequence is a cluster of tokens (x_i = summed cross-entropy, c_i = its tokens) and the
+        loss is the ratio estimator sum(x) / sum(c); its delta-method variance is
+        sum((x_i - r c_i)^2) / (n (n - 1) mean(c)^2), which tokens sharing a context do not make
+        look smaller than it is. The scaling gate holds a prediction's miss against this noise.
+        Only sums over sequences travel between processes, so N processes give the numbers of one.
+        """
         loader = PackedLoader(
             self.val_shards, self.cfg.micro_batch_size, self.cfg.seed, self.dist.rank, self.dist.world_size, shuffle=False
         )
-        sums = torch.zeros(2, dtype=torch.float64, device=self.dist.device)  # (ce * tokens, tokens)
+        # (ce * tokens, tokens) as the loss has always been summed; then sum x^2, sum x c, sum c^2 and n over sequences.
+        sums = torch.zeros(6, dtype=torch.float64, device=self.dist.device)
         self.engine.module.eval()
         with torch.no_grad():
             # In micro-batches, so that 1 and N processes evaluate the same sequences.
             micro_batches = self.cfg.eval.batches * self.cfg.grad_accumulation
             for batch in islice(loader, min(micro_batches, loader.batches_per_epoch)):
                 _, parts = self.engine.loss(batch, z_loss=0.0)
-                sums += torch.stack([parts["ce"].double() * parts["tokens"], parts["tokens"].double()])
+                x, c = parts["row_ce"].double(), parts["row_tokens"].double()
+                sums += torch.stack([
+                    parts["ce"].double() * parts["tokens"], parts["tokens"].double(),
+                    (x * x).sum(), (x * c).sum(), (c * c).sum(), (c > 0).sum().double(),
+                ])
         self.engine.module.train()
         self._all_reduce_sum(sums)
-        return float(sums[0] / sums[1].clamp(min=1))
+        x, c, xx, xc, cc, n = (float(v) for v in sums)
+        loss = x / max(c, 1.0)
+        if n < 2:
+            return loss, None
+        spread = max(xx - 2 * loss * xc + loss * loss * cc, 0.0)
+        return loss, math.sqrt(spread / (n * (n - 1))) / (c / n)
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -203,12 +225,13 @@ class Trainer:
             batches = iter(self.data)
         if self.store.all()[-1].step != self.step:
             self.save_checkpoint()  # so a rerun of a finished run resumes at its end
-        final_val_loss = self.evaluate()
+        final_val_loss, final_val_stderr = self.validation()
         self.log(self.step, {"val_loss": final_val_loss})
         model_dir = self._save_final_model()
         result = {
             "model_dir": str(model_dir),
             "final_val_loss": final_val_loss,
+            "final_val_loss_stderr": final_val_stderr,
             "steps": self.step,
             "tokens_seen": self.tokens_seen,
             "spike_events": self.ledger["events"],

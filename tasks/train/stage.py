@@ -221,6 +221,8 @@ class TrainResult:
 
     model: TrainedModel
     final_val_loss: float
+    final_val_loss_stderr: float | None
+    """The validation loss's own noise (``Trainer.validation``), which the scaling gate holds a miss against."""
     steps: int
     spike_events: int
     """How many times the spike guard rolled back."""
@@ -238,6 +240,7 @@ def publish(artifact: Artifact, cached: bool) -> TrainResult:
     return TrainResult(
         model=TrainedModel(artifact.ref, result.get("mlflow_run_id")),
         final_val_loss=result["final_val_loss"],
+        final_val_loss_stderr=result["final_val_loss_stderr"],
         steps=result["steps"],
         spike_events=len(result["spike_events"]),
         tokens_per_s=result["tokens_per_s"],

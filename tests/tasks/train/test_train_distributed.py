@@ -30,6 +30,9 @@ def test_two_process_zero2_matches_one_process(shards_root: Path, tmp_path: Path
     assert curve_two == pytest.approx(curve_one, rel=1e-2)
     assert curve_two[-1] < curve_two[0] - 0.5  # it learned
     assert two["final_val_loss"] == pytest.approx(one["final_val_loss"], rel=1e-2)
+    # the validation loss's noise is summed across processes like the loss: the same micro-batches, the same error
+    assert 0 < one["final_val_loss_stderr"] < 0.1 * one["final_val_loss"]
+    assert two["final_val_loss_stderr"] == pytest.approx(one["final_val_loss_stderr"], rel=2e-2)
     # ZeRO-2 partitions the optimizer state: one file per rank in every checkpoint.
     newest = sorted((tmp_path / "two" / "checkpoints").glob("ckpt-*"))[-1]
     assert {p.name for p in newest.glob("optimizer-rank*.pt")} == {"optimizer-rank0.pt", "optimizer-rank1.pt"}
