@@ -1,7 +1,7 @@
 """The spike suite: ladder's guard against the published spike rules, on the same seeded spikes.
 
-Run it with ``.venv/bin/python bench/spikes.py [--steps 200] [--onset 120]`` (a few minutes on
-2 cores) or as the ``spikes`` flow (``flows/spikes.py``), whose report is a Prefect artifact.
+Run it with ``.venv/bin/python bench/spikes.py [--steps 200] [--onset 120]`` (about four
+minutes on 2 cores) or as the ``spikes`` flow (``flows/spikes.py``), whose report is a Prefect artifact.
 Every policy trains every scenario from the same seed, on the same tiny Llama (about 90k
 parameters) and synthetic data (documents that follow a fixed next-token map with
 probability 0.75, so the loss floor is well above zero), with the same checkpoints.
@@ -11,7 +11,7 @@ shards (4 steps' batches, so a replay meets it again), the learning rate x100 fo
 NaN loss, one huge gradient element (a bit flip's footprint; the loss is unchanged), and a
 slow divergence from a peak learning rate 100x too high (0.3; x10 still trains well here). Each fault starts at step ``onset``.
 
-Policies, each with the action its framework takes:
+Policies, each published rule with the action its framework takes:
 
 - ``none``: no detector (the control);
 - ``ladder``: ``tasks.train.spike.SpikeGuard`` with its rollback, skip and learning-rate cut;
@@ -19,7 +19,14 @@ Policies, each with the action its framework takes:
   of the last 128 steps;
 - ``llm-foundry``: stop the run after 5 consecutive losses of at least 2x the last 100's mean;
 - ``megatron``: stop on a NaN/Inf loss before it is applied; a loss of at least 10x the largest of
-  the first 100 is flagged (with a deterministic rerun reproducing it, training goes on).
+  the first 100 is flagged (with a deterministic rerun reproducing it, training goes on);
+- ``zclip``: clip the gradient to the EMA mean + 2.5 EMA std of the grad norm when its z-score is
+  over 2.5 (and always to the fixed cap of 1, as every other policy's engine does);
+
+and each published rule driving ladder's recovery instead (``olmo-core+rollback``,
+``llm-foundry+rollback``, ``megatron+rollback``, ``zclip+rollback``): the rule decides, the loop
+rolls back, skips and cuts the learning rate as it does for ``ladder``. Those pairs tell a better
+rule from a better action.
 
 The table gives per policy: recall over the fault scenarios (an alarm from the fault's first
 step to 10 steps after its last), false alarms (clean runs, and before the onset) per 10k clean
@@ -39,18 +46,21 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import torch
 
 from ladder.config import build
 from tasks.tokenizer.shards import write_packed
-from tasks.train.callbacks import Callback, StepOutput
-from tasks.train.config import TrainConfig
+from tasks.train.callbacks import Callback, SpikeGuardCallback, StepOutput
+from tasks.train.config import SpikeGuardConfig, TrainConfig
 from tasks.train.loop import train
-from tasks.train.spike import RetryBudgetExhausted
+from tasks.train.spike import RetryBudgetExhausted, Spike
 
 if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
+
     from tasks.train.loop import Trainer
 
 VOCAB, SEQ_LEN = 64, 32
@@ -58,6 +68,7 @@ DETECTION_SLACK = 10  # steps after a fault's last step in which an alarm still 
 DIVERGED_RATIO = 1.5
 # Final losses closer than this (relative to the clean control) are a tie: two clean seeds differ by about that much.
 LOSS_TOLERANCE = 0.01
+GRAD_CLIP = 1.0  # every policy's fixed cap on the grad norm (ZClip applies it itself)
 MODEL = {"d_model": 64, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2, "intermediate_size": 128, "max_seq_len": 64}
 
 
@@ -88,25 +99,202 @@ def scenarios(onset: int) -> list[Scenario]:
     ]
 
 
-# ---- detectors re-implemented from the published rules ---------------------------------------
+# ---- the published rules, re-implemented ---------------------------------------------------------
+
+
+class Rule(Protocol):
+    """A published spike rule, apart from what its framework does about a spike.
+
+    ``observe`` takes each step's loss and global grad norm (before clipping) and returns a
+    ``Spike`` when the rule fires; ``state_dict`` and ``load_state_dict`` let a checkpoint keep
+    it, so that a rollback or a resume restores the rule with the weights. ``SpikeGuard`` (ladder's
+    own rule) has the same three methods, which is what lets ``RollbackOn`` swap any rule in.
+    """
+
+    name: str
+
+    def observe(self, step: int, loss: float, grad_norm: float) -> Spike | None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class OlmoCoreRule:
+    """OLMo-core's ``SkipStepOptimizer`` (allenai/OLMo-core, src/olmo_core/optim/skip_step_optimizer.py,
+    ``get_step_factor``): the last ``window`` + 1 losses and grad norms, every step's included
+    (flagged ones too); from ``max(20, window // 2)`` values on, a step fires unless
+    |x - mean| / std of the earlier values is at most ``sigma`` for the loss and the grad norm
+    (a NaN fails the test, and once in the window makes every step fail until it leaves)."""
+
+    name = "olmo-core"
+
+    def __init__(self, window: int = 128, sigma: float = 6.0) -> None:
+        self.window, self.sigma = window, sigma
+        self.losses: deque[float] = deque(maxlen=window + 1)
+        self.grad_norms: deque[float] = deque(maxlen=window + 1)
+
+    def _outlier(self, values: deque[float]) -> tuple[bool, float]:
+        """Whether the newest value fails the test, and the bar it had to stay under."""
+        earlier = np.asarray(list(values)[:-1])
+        mean, std = earlier.mean(), earlier.std(ddof=1)  # torch.std_mean: unbiased
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return not abs(values[-1] - mean) / std <= self.sigma, float(mean + self.sigma * std)
+
+    def observe(self, step: int, loss: float, grad_norm: float) -> Spike | None:
+        self.losses.append(loss)
+        self.grad_norms.append(grad_norm)
+        if len(self.losses) < max(20, self.window // 2):
+            return None
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return Spike(step, "non-finite", loss, grad_norm, None)
+        for reason, values in (("loss", self.losses), ("grad_norm", self.grad_norms)):
+            outlier, bar = self._outlier(values)
+            if outlier:
+                return Spike(step, reason, loss, grad_norm, bar)
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": list(self.losses), "grad_norms": list(self.grad_norms)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.losses = deque(state["losses"], maxlen=self.window + 1)
+        self.grad_norms = deque(state["grad_norms"], maxlen=self.window + 1)
+
+
+class LLMFoundryRule:
+    """LLM Foundry's ``KillLossSpike`` (mosaicml/llm-foundry, llmfoundry/callbacks/kill_loss_spike_callback.py):
+    once ``window`` losses are kept, a loss of at least ``ratio`` x their mean is an outlier; it
+    fires on more than ``patience`` outliers in a row. Every loss joins the window; NaN is never an
+    outlier."""
+
+    name = "llm-foundry"
+
+    def __init__(self, window: int = 100, ratio: float = 2.0, patience: int = 4) -> None:
+        self.ratio, self.patience = ratio, patience
+        self.losses: deque[float] = deque(maxlen=window)
+        self.outliers = 0
+
+    def observe(self, step: int, loss: float, grad_norm: float) -> Spike | None:
+        spike = None
+        if len(self.losses) == self.losses.maxlen:
+            bar = self.ratio * float(np.mean(self.losses))
+            if loss >= bar:
+                self.outliers += 1
+                if self.outliers > self.patience:
+                    spike = Spike(step, "loss", loss, grad_norm, bar)
+            else:
+                self.outliers = 0
+        self.losses.append(loss)
+        return spike
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": list(self.losses), "outliers": self.outliers}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.losses = deque(state["losses"], maxlen=self.losses.maxlen)
+        self.outliers = state["outliers"]
+
+
+class MegatronRule:
+    """Megatron-LM's loss checks (NVIDIA/Megatron-LM, megatron/core/rerun_state_machine.py,
+    ``is_unexpectedly_large``; megatron/training/training.py passes ``threshold=10`` for the loss):
+    a NaN or Inf loss fires (Megatron finds it before the optimizer step), and so does a loss of at
+    least ``factor`` x the largest |loss| of the first ``samples`` (Megatron calls it "spiky").
+    Non-finite values never enter the first-``samples`` maximum; the grad norm is not watched."""
+
+    name = "megatron"
+
+    def __init__(self, factor: float = 10.0, samples: int = 100) -> None:
+        self.factor, self.samples = factor, samples
+        self.seen = 0
+        self.largest = 0.0
+
+    def observe(self, step: int, loss: float, grad_norm: float) -> Spike | None:
+        size = abs(loss)
+        if not math.isfinite(size):
+            return Spike(step, "non-finite", loss, grad_norm, None)
+        if self.seen < self.samples:
+            self.seen += 1
+            self.largest = max(self.largest, size)
+        elif size >= self.factor * self.largest:
+            return Spike(step, "loss", loss, grad_norm, self.factor * self.largest)
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": self.seen, "largest": self.largest}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seen, self.largest = state["seen"], state["largest"]
+
+
+class ZClipRule:
+    """ZClip (Kumar et al. 2025, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training",
+    arXiv:2504.02507; bluorion-com/ZClip): the mean and variance of the grad norm start as those of
+    the first ``warmup_steps`` norms, then follow an EMA (``alpha``). After the warm-up a norm whose
+    z-score (g - mean) / (std + eps) exceeds ``z_thresh`` fires, with the bound mean + z_thresh x std
+    as its threshold, and the bound, not the outlier, enters the EMA. (The paper's default bound, its
+    "reciprocal" clipping, mean + z_thresh^2 / z x std, clips harder the larger the outlier; the plain
+    bound is the variant we test.) A NaN norm is never an outlier and turns the statistics NaN, so
+    the rule never fires again."""
+
+    name = "zclip"
+
+    def __init__(self, alpha: float = 0.97, z_thresh: float = 2.5, warmup_steps: int = 25, eps: float = 1e-6) -> None:
+        self.alpha, self.z_thresh, self.warmup_steps, self.eps = alpha, z_thresh, warmup_steps, eps
+        self.warmup: list[float] = []
+        self.mean: float | None = None  # None until the warm-up ends
+        self.var = 0.0
+
+    def observe(self, step: int, loss: float, grad_norm: float) -> Spike | None:
+        if self.mean is None:
+            self.warmup.append(grad_norm)
+            if len(self.warmup) == self.warmup_steps:
+                self.mean, self.var = float(np.mean(self.warmup)), float(np.var(self.warmup))
+                self.warmup = []
+            return None
+        std = math.sqrt(self.var)
+        spike = None
+        if (grad_norm - self.mean) / (std + self.eps) > self.z_thresh:
+            spike = Spike(step, "grad_norm", loss, grad_norm, self.mean + self.z_thresh * std)
+        # The EMA sees the norm as clipped: an outlier must not raise the bar for the next one.
+        seen = grad_norm if spike is None else self.mean + self.z_thresh * std
+        self.mean = self.alpha * self.mean + (1 - self.alpha) * seen
+        self.var = self.alpha * self.var + (1 - self.alpha) * (seen - self.mean) ** 2
+        return spike
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"warmup": self.warmup, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.warmup, self.mean, self.var = list(state["warmup"]), state["mean"], state["var"]
+
+
+# ---- what each framework does when its rule fires -----------------------------------------------
 
 
 class Detector(Callback):
-    """A published rule as a training callback; ``fired`` lists the steps it acted on."""
+    """A published rule acting as its framework does; ``fired`` lists the steps it acted on."""
 
-    name = "detector"
-
-    def __init__(self) -> None:
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.name = rule.name
         self.fired: list[int] = []
         self.steps_lost = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rule.load_state_dict(state)
 
 
 class _PreStepDetector(Detector):
     """A rule its framework applies before the optimizer step. Ladder's loop checks after it, so
     the callback keeps the state from before each step and puts it back when the rule acts."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, rule: Rule) -> None:
+        super().__init__(rule)
         self.before: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     def on_start(self, trainer: Trainer) -> None:
@@ -122,105 +310,106 @@ class _PreStepDetector(Detector):
         trainer.engine.load_optimizer_state(copy.deepcopy(optimizer))
 
 
-class OlmoCoreSkipStep(_PreStepDetector):
-    """OLMo-core's ``SkipStepOptimizer`` (allenai/OLMo-core, src/olmo_core/optim/skip_step_optimizer.py,
-    ``get_step_factor``): the last ``window`` + 1 losses and grad norms, every step's included
-    (skipped ones too); from ``max(20, window // 2)`` values on, the update is skipped unless
-    |x - mean| / std of the earlier values is at most ``sigma`` for the loss and the grad norm
-    (a NaN fails the test, and once in the window makes every step fail until it leaves)."""
-
-    name = "olmo-core"
-
-    def __init__(self, window: int = 128, sigma: float = 6.0) -> None:
-        super().__init__()
-        self.window, self.sigma = window, sigma
-        self.losses: deque[float] = deque(maxlen=window + 1)
-        self.grad_norms: deque[float] = deque(maxlen=window + 1)
-
-    def _z(self, values: deque[float]) -> float:
-        earlier = np.asarray(list(values)[:-1])
-        return abs(values[-1] - earlier.mean()) / earlier.std(ddof=1)  # torch.std_mean: unbiased
+class SkipStep(_PreStepDetector):
+    """OLMo-core's action: the step's update is not applied (its data is consumed all the same)."""
 
     def on_step(self, trainer: Trainer, out: StepOutput) -> None:
-        self.losses.append(float(out.loss))
-        self.grad_norms.append(float(out.grad_norm))
-        if len(self.losses) >= max(20, self.window // 2):
-            with np.errstate(invalid="ignore", divide="ignore"):
-                keep = self._z(self.losses) <= self.sigma and self._z(self.grad_norms) <= self.sigma
-            if not keep:
-                self.fired.append(out.step)
-                self.steps_lost += 1
+        if self.rule.observe(out.step, float(out.loss), float(out.grad_norm)) is not None:
+            self.fired.append(out.step)
+            self.steps_lost += 1
+            self._undo_step(trainer)
+            return
+        self._keep(trainer)
+
+
+class StopRun(Detector):
+    """LLM Foundry's action with ``log_only=False``: ``LossSpikeError`` stops the run (here: after that step)."""
+
+    def on_step(self, trainer: Trainer, out: StepOutput) -> None:
+        if (spike := self.rule.observe(out.step, float(out.loss), float(out.grad_norm))) is not None:
+            self.fired.append(out.step)
+            self.steps_lost = trainer.total_steps - out.step
+            trainer.request_stop(out.step, f"{self.name}: {spike.reason} {spike.loss:.4g} >= {spike.threshold:.4g}")
+
+
+class StopBeforeNonFinite(_PreStepDetector):
+    """Megatron-LM's action: a non-finite loss is fatal before the optimizer step and ends the job; a
+    spiky loss is not fatal, and when a rerun reproduces it (as a deterministic run does) training
+    continues, so it is only flagged."""
+
+    def on_step(self, trainer: Trainer, out: StepOutput) -> None:
+        spike = self.rule.observe(out.step, float(out.loss), float(out.grad_norm))
+        if spike is not None:
+            self.fired.append(out.step)
+            if spike.reason == "non-finite":
                 self._undo_step(trainer)
+                self.steps_lost = trainer.total_steps - out.step + 1
+                trainer.request_stop(out.step, f"{self.name}: non-finite loss")
                 return
         self._keep(trainer)
 
 
-class LLMFoundryKillLossSpike(Detector):
-    """LLM Foundry's ``KillLossSpike`` (mosaicml/llm-foundry, llmfoundry/callbacks/kill_loss_spike_callback.py)
-    with ``log_only=False``: once ``window`` losses are kept, a loss of at least ``ratio`` x their
-    mean is an outlier; more than ``patience`` outliers in a row raise ``LossSpikeError``, which
-    stops the run (here: after that step). Every loss joins the window; NaN is never an outlier."""
+class ClipGradNorm(Detector):
+    """ZClip's action: between the backward and the optimizer step, the gradient is scaled to the
+    rule's bound when it fires, and in any case to ``max_grad_norm`` (ZClip's own fixed cap, which
+    the run's ``grad_clip`` must leave to it: the engine's clipping would hide the raw norm).
 
-    name = "llm-foundry"
+    It hooks the optimizer's step (``register_step_pre_hook``), the one place in ladder's loop
+    where the gradient is complete and not yet applied; so the plain one-process engine only."""
 
-    def __init__(self, window: int = 100, ratio: float = 2.0, patience: int = 4) -> None:
-        super().__init__()
-        self.ratio, self.patience = ratio, patience
-        self.losses: deque[float] = deque(maxlen=window)
-        self.outliers = 0
+    def __init__(self, rule: Rule, max_grad_norm: float) -> None:
+        super().__init__(rule)
+        self.max_grad_norm = max_grad_norm
+        self.hook: RemovableHandle | None = None
 
-    def on_step(self, trainer: Trainer, out: StepOutput) -> None:
-        loss = float(out.loss)
-        if len(self.losses) == self.losses.maxlen:
-            if loss >= self.ratio * float(np.mean(self.losses)):
-                self.outliers += 1
-                if self.outliers > self.patience:
-                    self.fired.append(out.step)
-                    self.steps_lost = trainer.total_steps - out.step
-                    trainer.request_stop(out.step, f"llm-foundry loss spike: {self.outliers} outliers in a row")
-            else:
-                self.outliers = 0
-        self.losses.append(loss)
+    def on_start(self, trainer: Trainer) -> None:
+        if trainer.engine.deepspeed is not None:
+            raise ValueError(f"{self.name} clips inside the plain optimizer's step: run one process at zero_stage 0")
+        if trainer.cfg.grad_clip:
+            raise ValueError(f"{self.name} applies the fixed cap itself after reading the raw norm: set grad_clip to 0")
 
+        def clip(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            # The loss is not known to the optimizer, and ZClip never reads it.
+            spike = self.rule.observe(trainer.step + 1, math.nan, float(norm))
+            bound = self.max_grad_norm
+            if spike is not None:
+                assert spike.threshold is not None
+                self.fired.append(spike.step)
+                bound = min(bound, spike.threshold)
+            torch.nn.utils.clip_grads_with_norm_(params, bound, norm)
 
-class MegatronSpikyLoss(_PreStepDetector):
-    """Megatron-LM's loss checks (NVIDIA/Megatron-LM, megatron/core/rerun_state_machine.py,
-    ``is_unexpectedly_large``; megatron/training/training.py passes ``threshold=10`` for the loss):
-    a NaN or Inf loss is fatal, found before the optimizer step, and ends the job; a loss of at
-    least 10x the largest |loss| of the first 100 is "spiky", non-fatal, and when a rerun
-    reproduces it (as a deterministic run does) training continues. Non-finite values never enter
-    the first-100 maximum."""
+        self.hook = trainer.engine.optimizer.register_step_pre_hook(clip)
 
-    name = "megatron"
-
-    def __init__(self, factor: float = 10.0, samples: int = 100) -> None:
-        super().__init__()
-        self.factor, self.samples = factor, samples
-        self.seen = 0
-        self.largest = 0.0
-
-    def on_step(self, trainer: Trainer, out: StepOutput) -> None:
-        loss = abs(float(out.loss))
-        if not math.isfinite(loss):
-            self.fired.append(out.step)
-            self._undo_step(trainer)
-            self.steps_lost = trainer.total_steps - out.step + 1
-            trainer.request_stop(out.step, "megatron: non-finite loss")
-            return
-        if self.seen < self.samples:
-            self.seen += 1
-            self.largest = max(self.largest, loss)
-        elif loss >= self.factor * self.largest:
-            self.fired.append(out.step)
-        self._keep(trainer)
+    def close(self) -> None:
+        if self.hook is not None:
+            self.hook.remove()
 
 
-POLICIES: dict[str, Callable[[], Detector | None]] = {
-    "none": lambda: None,
-    "ladder": lambda: None,  # the guard is part of the loop's own callbacks
-    "olmo-core": OlmoCoreSkipStep,
-    "llm-foundry": LLMFoundryKillLossSpike,
-    "megatron": MegatronSpikyLoss,
+class RollbackOn(SpikeGuardCallback):
+    """Ladder's recovery (roll back to the last known-good checkpoint, skip the data window, cut the
+    learning rate, within the retry budget: all as ``spike_guard`` configures) triggered by a
+    published rule in place of ladder's own. It reads each step at once, as ladder's guard does on
+    the CPU the suite trains on."""
+
+    def __init__(self, cfg: SpikeGuardConfig, rule: Rule) -> None:
+        super().__init__(cfg, lag=0)
+        self.guard = rule  # the callback only calls observe, state_dict and load_state_dict on it
+
+
+RULES: dict[str, Callable[[], Rule]] = {
+    "olmo-core": OlmoCoreRule, "llm-foundry": LLMFoundryRule, "megatron": MegatronRule, "zclip": ZClipRule,
+}
+POLICIES: dict[str, Callable[[TrainConfig], Callback | None]] = {
+    "none": lambda cfg: None,
+    "ladder": lambda cfg: None,  # the guard is part of the loop's own callbacks
+    "olmo-core": lambda cfg: SkipStep(OlmoCoreRule()),
+    "llm-foundry": lambda cfg: StopRun(LLMFoundryRule()),
+    "megatron": lambda cfg: StopBeforeNonFinite(MegatronRule()),
+    "zclip": lambda cfg: ClipGradNorm(ZClipRule(), GRAD_CLIP),
+    # Each published rule driving ladder's recovery (``rule=rule`` binds each its own).
+    **{f"{name}+rollback": (lambda cfg, rule=rule: RollbackOn(cfg.spike_guard, rule())) for name, rule in RULES.items()},
 }
 
 
@@ -251,28 +440,31 @@ def config(scenario: Scenario, policy: str, steps: int) -> TrainConfig:
         "model": MODEL, "global_batch_size": 8, "micro_batch_size": 8, "max_steps": steps, "precision": "fp32",
         "log_every": 1, "peak_tflops": 0.1, "schedule": {"warmup_steps": 10}, "seed": scenario.seed,
         "checkpoint": {"every_steps": 10, "keep_last": 2}, "eval": {"every_steps": 10_000, "batches": 4},
-        "spike_guard": {"enabled": policy == "ladder"}, "faults": scenario.faults, **scenario.overrides,
+        "spike_guard": {"enabled": policy == "ladder"}, "grad_clip": 0.0 if policy == "zclip" else GRAD_CLIP,
+        "faults": scenario.faults, **scenario.overrides,
     }
     return build(TrainConfig, tree)
 
 
 def run_one(scenario: Scenario, policy: str, steps: int, data: Path, work: Path) -> dict[str, Any]:
     """Train ``scenario`` under ``policy``; what it detected, lost and ended at."""
-    detector = POLICIES[policy]()
+    cfg = config(scenario, policy, steps)
+    detector = POLICIES[policy](cfg)
     run_dir = work / f"{policy}-{scenario.name}"
     try:
-        result = train(config(scenario, policy, steps), data / "train", data / "validation", run_dir,
-                       extra_callbacks=[detector] if detector else ())
+        result = train(cfg, data / "train", data / "validation", run_dir, extra_callbacks=[detector] if detector else ())
     except RetryBudgetExhausted as err:
         # The run failed with its report of every attempt: nothing it trained is kept.
         fired = [e["spike"]["step"] for e in err.events] + [err.last.step]
         return {"scenario": scenario.name, "policy": policy, "fired": fired, "steps_lost": steps, "final_val_loss": math.nan}
-    if policy == "ladder":
+    if policy == "ladder" or isinstance(detector, RollbackOn):
         events = result["spike_events"]
         fired = [e["spike"]["step"] for e in events]
         lost = sum(e["detected_at_step"] - e["rollback_step"] for e in events)
+    elif isinstance(detector, Detector):
+        fired, lost = detector.fired, detector.steps_lost
     else:
-        fired, lost = (detector.fired, detector.steps_lost) if detector else ([], 0)
+        fired, lost = [], 0
     return {"scenario": scenario.name, "policy": policy, "fired": fired, "steps_lost": lost,
             "final_val_loss": result["final_val_loss"]}
 
