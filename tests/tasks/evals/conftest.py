@@ -91,3 +91,11 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     model.save_pretrained(root / "worse")
     AutoTokenizer.from_pretrained(champion).save_pretrained(root / "worse")
     return TinyModels(data_dir, champion, copy, root / "worse")
+
+
+@pytest.fixture
+def experiment(mlflow_store: Path) -> str:
+    """An MLflow experiment in the test's own store, for stand-in registered versions."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient().create_experiment("unit", artifact_location=(mlflow_store / "artifacts").as_uri())

@@ -8,25 +8,18 @@ from __future__ import annotations
 import getpass
 import json
 from datetime import datetime
-from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from decisions import PASSED, REJECTED
 from ladder.services import OVERRIDES_MODEL
 from ladder.tags import PROMOTION_TAG, REPORT_TAG, SUPERSEDED_TAG
 from tasks.evals import registry
-from tasks.evals.gate import Check, Decision
 
 NAME = "ladder-audit"
-PASSED = Decision(True, [Check("floor", "ppl/bits_per_byte", True, "2.0 must be <= 3")])
-REJECTED = Decision(False, [Check("regression", "ppl/bits_per_byte", False, "worse by +0.5000")])
 
-
-@pytest.fixture
-def experiment(mlflow_store: Path) -> str:
-    return MlflowClient().create_experiment("audit", artifact_location=(mlflow_store / "artifacts").as_uri())
 
 
 def _candidate(experiment: str) -> str:

@@ -6,29 +6,22 @@ the one it was judged against, and the scaling-law gate's outcome as searchable 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from app.cli import app
+from decisions import PASSED, REJECTED
 from ladder import tags
 from tasks.evals import registry
 from tasks.evals.config import GatePolicy
-from tasks.evals.gate import ADVISORY, FAILED, OVERRIDDEN, Check, Decision, scaling_outcome
+from tasks.evals.gate import ADVISORY, FAILED, OVERRIDDEN, scaling_outcome
 from tasks.evals.runner import Metric, table_to_dict
 from tasks.evals.stage import Judgement, judge_and_record
 
 NAME = "ladder-unit"
-PASSED = Decision(True, [Check("floor", "ppl/bits_per_byte", True, "2.0 must be <= 3")])
-REJECTED = Decision(False, [Check("regression", "ppl/bits_per_byte", False, "worse by +0.5000")])
 
-
-@pytest.fixture
-def store(mlflow_store: Path) -> str:
-    return MlflowClient().create_experiment("unit", artifact_location=(mlflow_store / "artifacts").as_uri())
 
 
 def _candidate(experiment: str, bpb: float) -> str:
@@ -39,14 +32,14 @@ def _candidate(experiment: str, bpb: float) -> str:
     return str(registry.register_candidate(NAME, f"runs:/{run.info.run_id}/model", {registry.SUITE_TAG: "s1"}).version)
 
 
-def test_a_passing_candidate_takes_champion_and_a_failing_one_stays_challenger(store: str) -> None:
+def test_a_passing_candidate_takes_champion_and_a_failing_one_stays_challenger(experiment: str) -> None:
     assert registry.alias_version(NAME, registry.CHAMPION) is None
-    first = _candidate(store, 2.0)
+    first = _candidate(experiment, 2.0)
     assert registry.alias_version(NAME, registry.CHALLENGER) == first
     assert registry.record_decision(NAME, first, PASSED, "runs:/x/gate_report.md", "k1", None) == registry.CHAMPION
     assert registry.aliases_of(NAME, first) == [registry.CHAMPION]
 
-    second = _candidate(store, 2.5)
+    second = _candidate(experiment, 2.5)
     assert registry.record_decision(NAME, second, REJECTED, "runs:/y/gate_report.md", "k2", first) == registry.CHALLENGER
     champion = registry.read_champion(NAME, first)
     assert (champion.version, champion.suite_version) == (first, "s1")
@@ -56,8 +49,8 @@ def test_a_passing_candidate_takes_champion_and_a_failing_one_stays_challenger(s
     assert registry.reasons(rejected) == ["FAIL regression ppl/bits_per_byte: worse by +0.5000"]
 
 
-def test_manual_promotion_needs_a_reason_and_an_explicit_override_for_a_rejected_version(store: str) -> None:
-    first, second = _candidate(store, 2.0), _candidate(store, 2.5)
+def test_manual_promotion_needs_a_reason_and_an_explicit_override_for_a_rejected_version(experiment: str) -> None:
+    first, second = _candidate(experiment, 2.0), _candidate(experiment, 2.5)
     registry.record_decision(NAME, first, PASSED, "r1", "k1", None)
     registry.record_decision(NAME, second, REJECTED, "r2", "k2", first)
     with pytest.raises(ValueError, match="needs a reason"):
@@ -81,16 +74,16 @@ def test_manual_promotion_needs_a_reason_and_an_explicit_override_for_a_rejected
     assert registry.alias_version(NAME, registry.CHAMPION) == first
 
 
-def test_references_that_name_no_version_are_refused(store: str) -> None:
-    _candidate(store, 2.0)
+def test_references_that_name_no_version_are_refused(experiment: str) -> None:
+    _candidate(experiment, 2.0)
     assert str(registry.resolve(f"{NAME}/1").version) == "1"
     for ref in (NAME, f"{NAME}@nosuchalias", "nosuchmodel@champion"):
         with pytest.raises(ValueError, match=ref.split("@")[0]):
             registry.resolve(ref)
 
 
-def test_a_decision_judged_against_a_champion_that_moved_is_not_recorded(store: str) -> None:
-    first, second = _candidate(store, 2.0), _candidate(store, 1.9)
+def test_a_decision_judged_against_a_champion_that_moved_is_not_recorded(experiment: str) -> None:
+    first, second = _candidate(experiment, 2.0), _candidate(experiment, 1.9)
     registry.record_decision(NAME, first, PASSED, "r1", "k1", None)
     with pytest.raises(registry.ChampionMoved, match="moved from None to 1") as moved:
         registry.record_decision(NAME, second, PASSED, "r2", "k2", None)
@@ -110,8 +103,8 @@ def _judge(passed: bool, calls: list[str | None]):
 
 
 @pytest.mark.parametrize("demote", ["roll back to an earlier version", "delete the champion alias"])
-def test_a_candidate_rejected_against_a_champion_is_judged_again_once_that_champion_is_demoted(store: str, demote: str) -> None:
-    earlier, champion, candidate = _candidate(store, 2.1), _candidate(store, 2.0), _candidate(store, 2.5)
+def test_a_candidate_rejected_against_a_champion_is_judged_again_once_that_champion_is_demoted(experiment: str, demote: str) -> None:
+    earlier, champion, candidate = _candidate(experiment, 2.1), _candidate(experiment, 2.0), _candidate(experiment, 2.5)
     judge_and_record.fn(NAME, earlier, "inputs-0", _judge(True, []))
     judge_and_record.fn(NAME, champion, "inputs-1", _judge(True, []))
     # the champion asked about again is itself: not judged again against itself
@@ -133,7 +126,7 @@ def test_a_candidate_rejected_against_a_champion_is_judged_again_once_that_champ
     # the champion it lost to is gone: a new question, judged afresh against whoever serves now
     assert registry.decided_version(NAME, "inputs-2") is None
     serving = registry.alias_version(NAME, registry.CHAMPION)
-    again, calls = _candidate(store, 2.5), []
+    again, calls = _candidate(experiment, 2.5), []
     judge_and_record.fn(NAME, again, "inputs-2", _judge(True, calls))
     assert calls == [serving]
     assert registry.alias_version(NAME, registry.CHAMPION) == again
@@ -141,7 +134,7 @@ def test_a_candidate_rejected_against_a_champion_is_judged_again_once_that_champ
     assert str(registry.decided_version(NAME, "inputs-2").version) == again
 
 
-def test_the_scaling_gate_outcome_is_a_searchable_tag_with_its_override_reason(store: str) -> None:
+def test_the_scaling_gate_outcome_is_a_searchable_tag_with_its_override_reason(experiment: str) -> None:
     policy, advisory = GatePolicy(), GatePolicy(scaling_gate="advisory")
     target = {"status": FAILED, "passed": False, "reasons": ["beyond the tolerance"], "rel_error": 0.2, "actual": 3.3,
               "prediction": {"loss": 2.75}, "override_reason": ""}
@@ -149,7 +142,7 @@ def test_the_scaling_gate_outcome_is_a_searchable_tag_with_its_override_reason(s
     assert registry.scaling_tags(overridden) == {
         tags.SCALING_GATE: OVERRIDDEN, tags.SCALING_OVERRIDE: "known tokenizer change"}
     assert registry.scaling_tags(scaling_outcome(target, advisory)) == {tags.SCALING_GATE: ADVISORY}
-    with mlflow.start_run(experiment_id=store) as run:
+    with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_text("stand-in", "model/MLmodel")
     registry.register_candidate(NAME, f"runs:/{run.info.run_id}/model", registry.scaling_tags(overridden))
     found = MlflowClient().search_model_versions(f"name = '{NAME}' and tags.`{tags.SCALING_GATE}` = '{OVERRIDDEN}'")
