@@ -1,16 +1,23 @@
 """Benchmark of the tokenizer stage on the example corpus (about a minute on 2 cores).
 
-Run: ``.venv/bin/python bench/tokenizer.py [--corpus DIR] [--vocab-size N]``. The corpus is the
-example corpus (``tasks.data.corpus.fetch_example_corpus()`` or ``--corpus``), cut into
-documents by the data stage's ``ingest`` and ``normalize``; one document in ten is held out.
+Run: ``.venv/bin/python bench/tokenizer.py [--corpus DIR] [--vocab-size N] [--threads N]``.
+The corpus is the example corpus (``tasks.data.corpus.fetch_example_corpus()`` or
+``--corpus``), cut into documents by the data stage's ``ingest`` and ``normalize``; one
+document in ten is held out.
 One run prints:
 
-1. Candidate training time and encode throughput (MB/s of UTF-8 text, one document per call),
-   ours (HF ``tokenizers``, byte-level, as the stage trains them) against the ``sentencepiece``
-   package trained on the same texts (the stage's training sample, ``max_train_bytes``) with
-   the same vocabulary size and the same model type, with byte fallback and identity
-   normalisation. Also bytes per token and round-trip failures on the held-out documents.
-   Ratios ours / SentencePiece.
+1. Candidate training time, encode throughput (MB/s of UTF-8 text), bytes per token and
+   round-trip failures on the held-out documents: ours (HF ``tokenizers``, byte-level, as the
+   stage trains them) against the ``sentencepiece`` package trained on the same texts (the
+   stage's training sample, ``max_train_bytes``) with the same vocabulary size and the same
+   model type, with byte fallback and identity normalisation. Each side encodes all held-out
+   documents in one call, at 1 thread and at ``--threads``: ours with packing's
+   ``encode_texts`` (``encode_batch_fast`` on the tokenizers thread pool of ``--threads``
+   threads), SentencePiece with ``encode(texts, num_threads=...)``. Ratios ours /
+   SentencePiece at each thread count. Two rows at one thread say where our time goes: one
+   ``encode()`` call per document (what packing did before the batch API), and our byte-level
+   pre-tokenizer alone (the same pipeline with a one-token model), which bounds what any
+   model behind it can reach.
 2. Packing efficiency (non-padding tokens / all tokens) of the stage's packed shards against
    pad-to-longest batching of the same tokens (one document per row, cut at the sequence
    length, batches of consecutive rows padded to their longest row). Ratio packed / padded.
@@ -19,10 +26,12 @@ One run prints:
    model's kernel takes, by ``Batch.model_inputs``) against reading the same rows from the
    memory-mapped shards alone. Ratio loader / raw read.
 
-Times are CPU seconds of this process (``time.process_time``), the best of two runs, with
-``TOKENIZERS_PARALLELISM=false`` and one SentencePiece thread, so both sides run on one core:
-the machine is shared and wall-clock would measure the neighbours. Packing uses worker
-processes, so its rate is wall-clock.
+Encode rates are medians of ``ENCODE_REPEATS`` runs, the sides interleaved so that a busy
+neighbour slows them alike: per CPU-second at one thread, which the neighbours change least,
+and per wall-clock second at each thread count, since threads are what that compares.
+Training and loader times are CPU seconds of this process (``time.process_time``), the best of
+two runs, with the tokenizers thread pool off, so both sides train on one core. Packing uses
+worker processes, so its rate is wall-clock.
 """
 
 from __future__ import annotations
@@ -30,17 +39,20 @@ from __future__ import annotations
 import os
 
 # Before tokenizers is imported: one thread, so CPU time measures the same work on both sides.
+# Only the encode comparison turns the thread pool on, around its own calls.
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import argparse
 import io
 import itertools
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer, models
 
 from timing import best_time  # bench/ is on sys.path when a benchmark runs as a script
 from tasks.data.config import InputConfig, NormalizeConfig
@@ -50,13 +62,14 @@ from tasks.data.ingest import ingest
 from tasks.data.normalize import normalize
 from tasks.tokenizer.config import TokenizerConfig
 from tasks.tokenizer.hf import save_hf
-from tasks.tokenizer.pack import pack_split
+from tasks.tokenizer.pack import encode_texts, pack_split
 from tasks.tokenizer.train import load_encoder, sample_rate, train_candidate, training_texts
 from tasks.train.loader import PackedLoader
 from tasks.train.shards import PackedShards
 
 BATCH_SIZE = 8
 LOADER_BATCHES = 200
+ENCODE_REPEATS = 5
 
 
 def write_curated(docs: list[Document], data_dir: Path) -> None:
@@ -82,35 +95,93 @@ def train_sentencepiece(texts: list[str], vocab_size: int, model_type: str):
     return spm.SentencePieceProcessor(model_proto=model.getvalue())
 
 
-def encode_all(encode: Callable[[str], list[int]], texts: list[str]) -> list[list[int]]:
-    return [encode(text) for text in texts]
+def median_seconds(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, tuple[float, float]]:
+    """Median ``(wall, CPU)`` seconds of each run, all runs interleaved ``repeat`` times."""
+    seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    for _ in range(repeat):
+        for name, run in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            seconds[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+            for name, values in seconds.items()}
 
 
-def compare_training(texts: list[str], held_out: list[str], vocab_size: int, cfg: TokenizerConfig, data_dir: Path) -> Path:
+def ours_encode(tokenizer: Tokenizer, texts: list[str], threads: int) -> list[list[int]]:
+    """Packing's batch encode, on the tokenizers thread pool when ``threads > 1``.
+
+    The pool's size is fixed by RAYON_NUM_THREADS when first used; TOKENIZERS_PARALLELISM is read at
+    every call, so it turns the pool on for this call only and training stays on one core.
+    """
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+    try:
+        return encode_texts(tokenizer, texts)
+    finally:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def pre_tokenizer_alone(tokenizer: Tokenizer) -> Tokenizer:
+    """``tokenizer``'s pipeline with a model that maps every pre-token to one id: what is left is our pre-tokenization."""
+    floor = Tokenizer(models.WordLevel({"x": 0}, unk_token="x"))
+    floor.normalizer = tokenizer.normalizer
+    floor.pre_tokenizer = tokenizer.pre_tokenizer
+    return floor
+
+
+def compare_encoding(kind: str, tokenizer: Tokenizer, sp, held_out: list[str], threads: int) -> None:
+    """Encode rates of both sides at 1 and ``threads`` threads, and where our time goes at one thread.
+
+    The first column is MB per CPU-second at one thread, which a busy machine changes least; the
+    others are MB per wall-clock second at each thread count.
+    """
+    held_mb = sum(len(t.encode()) for t in held_out) / 1e6
+    counts = sorted({1, threads})
+    runs: dict[str, Callable[[], object]] = {}
+    for n in counts:
+        runs[f"ours {n}"] = lambda n=n: ours_encode(tokenizer, held_out, n)
+        runs[f"sentencepiece {n}"] = lambda n=n: sp.encode(held_out, num_threads=n)
+    floor = pre_tokenizer_alone(tokenizer)
+    runs["per document"] = lambda: [tokenizer.encode(text).ids for text in held_out]
+    runs["pre-tokenizer"] = lambda: ours_encode(floor, held_out, 1)
+    medians = median_seconds(runs, ENCODE_REPEATS)
+    wall = {name: held_mb / w for name, (w, _) in medians.items()}
+    cpu = {name: held_mb / c for name, (_, c) in medians.items()}
+    columns = [f"{n} thread{'s' if n > 1 else ''} wall" for n in counts]
+    header = f"{'1 thread CPU':>14}" + "".join(f"{column:>16}" for column in columns)
+    print(f"  {'encode MB/s, ' + kind:<44}{header}")
+    for label, side in (("ours (encode_batch_fast)", "ours"), ("sentencepiece (encode(texts, num_threads))", "sentencepiece")):
+        print(f"  {label:<44}{cpu[f'{side} 1']:14.2f}" + "".join(f"{wall[f'{side} {n}']:16.2f}" for n in counts))
+    ratios = [cpu["ours 1"] / cpu["sentencepiece 1"]] + [wall[f"ours {n}"] / wall[f"sentencepiece {n}"] for n in counts]
+    print(f"  {'ratio ours/sentencepiece':<44}{ratios[0]:13.2f}x" + "".join(f"{r:15.2f}x" for r in ratios[1:]))
+    for label, name in (("ours, one encode() per document", "per document"),
+                        ("ours, byte-level pre-tokenizer alone", "pre-tokenizer")):
+        print(f"  {label:<44}{cpu[name]:14.2f}{wall[name]:16.2f}")
+
+
+def compare_training(
+    texts: list[str], held_out: list[str], vocab_size: int, threads: int, cfg: TokenizerConfig, data_dir: Path
+) -> Path:
     """Section 1; returns the directory of our BPE saved in HF format, for sections 2 and 3."""
     held_mb = sum(len(t.encode()) for t in held_out) / 1e6
     print(f"\n1. training on {sum(len(t.encode()) for t in texts) / 1e6:.2f} MB ({len(texts)} documents), "
-          f"vocabulary {vocab_size}; encoding {held_mb:.2f} MB held out ({len(held_out)} documents)")
-    print(f"  {'':<26} {'train s':>8} {'encode MB/s':>12} {'bytes/token':>12} {'round-trip fails':>17}")
+          f"vocabulary {vocab_size}; encoding {held_mb:.2f} MB held out ({len(held_out)} documents), "
+          f"medians of {ENCODE_REPEATS} interleaved runs")
     bpe_dir = data_dir / "bpe-hf"
     for kind in ("bpe", "unigram"):
         ours_train, tokenizer = best_time(train_candidate, kind, vocab_size, texts, cfg.training(), repeat=1)
         tokenizer.encode_special_tokens = True
         sp_train, sp = best_time(train_sentencepiece, texts, vocab_size, kind, repeat=1)
-        rows = {}
-        for name, train_s, encode, decode in (
-            (f"ours {kind}", ours_train, lambda t: tokenizer.encode(t).ids,
+        print(f"  {'':<26} {'train s':>8} {'bytes/token':>12} {'round-trip fails':>17}")
+        for name, train_s, encoded, decode in (
+            (f"ours {kind}", ours_train, ours_encode(tokenizer, held_out, 1),
              lambda ids: tokenizer.decode(ids, skip_special_tokens=False)),
-            (f"sentencepiece {kind}", sp_train, sp.encode, sp.decode),
+            (f"sentencepiece {kind}", sp_train, sp.encode(held_out), sp.decode),
         ):
-            seconds, encoded = best_time(encode_all, encode, held_out)
             tokens = sum(len(ids) for ids in encoded)
             fails = sum(decode(ids) != text for ids, text in zip(encoded, held_out))
-            rows[name] = (train_s, held_mb / seconds)
-            print(f"  {name:<26} {train_s:8.2f} {held_mb / seconds:12.2f} {held_mb * 1e6 / tokens:12.3f} {fails:17d}")
-        (ours_t, ours_mbs), (sp_t, sp_mbs) = rows.values()
-        print(f"  ratio ours/sentencepiece {kind}: training time {ours_t / sp_t:.2f}x, "
-              f"encode throughput {ours_mbs / sp_mbs:.2f}x")
+            print(f"  {name:<26} {train_s:8.2f} {held_mb * 1e6 / tokens:12.3f} {fails:17d}")
+        print(f"  ratio ours/sentencepiece {kind}: training time {ours_train / sp_train:.2f}x")
+        compare_encoding(kind, tokenizer, sp, held_out, threads)
         if kind == "bpe":
             save_hf(tokenizer, cfg.training(), bpe_dir)
     return bpe_dir
@@ -154,7 +225,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, help="directory laid out like the example corpus")
     parser.add_argument("--vocab-size", type=int, default=1024, help="vocabulary size of both sides")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="encode threads of each side in the last column (default: the cores)")
     args = parser.parse_args()
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    # Read when the tokenizers thread pool first starts, which is in section 1, after this.
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     files = example_inputs(args.corpus or fetch_example_corpus())
     docs = normalize(ingest(files, InputConfig()).records, NormalizeConfig()).documents
     cfg = TokenizerConfig()
@@ -164,7 +241,7 @@ def main() -> None:
         print(f"corpus: {len(docs)} documents, {sum(len(d.text.encode()) for d in docs) / 1e6:.2f} MB")
         texts = list(training_texts(data_dir, sample_rate(data_dir, cfg.max_train_bytes)))
         held_out = [doc.text for doc in iter_split(data_dir, "validation")]
-        tokenizer_dir = compare_training(texts, held_out, args.vocab_size, cfg, data_dir)
+        tokenizer_dir = compare_training(texts, held_out, args.vocab_size, args.threads, cfg, data_dir)
         shards = compare_packing(tokenizer_dir, data_dir, cfg, data_dir / "shards")
         loader_throughput(shards)
         assert load_encoder(tokenizer_dir / "tokenizer.json").get_vocab_size() <= args.vocab_size

@@ -28,11 +28,14 @@ class PackingConfig(Section):
     num_workers: int = Field(
         2,
         ge=1,
-        description="Worker processes that tokenize in parallel; 1 tokenizes in this process. "
-        "The shards are identical either way.",
+        description="Worker processes that tokenize in parallel, the cores shared among their tokenizers thread "
+        "pools; 1 tokenizes in this process. The shards are identical either way.",
     )
     chunk_docs: int = Field(
-        64, ge=1, description="Documents per unit of work sent to a worker: large enough to amortise the transfer."
+        64,
+        ge=1,
+        description="Documents per unit of work, encoded in one batch call (in a worker, or in this process): "
+        "large enough to amortise the transfer and keep the thread pool busy.",
     )
 
 

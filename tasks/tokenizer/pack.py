@@ -2,13 +2,15 @@
 
 Chunks of documents go to a process pool a window at a time, and results come back in
 submission order, so the shards are byte-identical whatever the number of workers, and memory
-holds one window of chunks however large the split.
+holds one window of chunks however large the split. A chunk is encoded in one call of the
+tokenizers batch API, which spreads it over the library's thread pool.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -28,14 +30,29 @@ WINDOW_PER_WORKER = 4
 _worker_encoder: Tokenizer | None = None
 
 
-def _init_worker(tokenizer_file: str) -> None:
+def _init_worker(tokenizer_file: str, threads: int) -> None:
+    # A spawned worker never forks, so its tokenizers thread pool is safe whatever the parent's
+    # TOKENIZERS_PARALLELISM (ladder's runtime turns it off for its own process). The pool sizes
+    # itself from RAYON_NUM_THREADS when first used, and would otherwise start a thread per core
+    # in every worker: the workers share the cores instead, and one thread encodes inline.
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
     global _worker_encoder
     _worker_encoder = load_encoder(Path(tokenizer_file))
 
 
+def encode_texts(encoder: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """The token ids of each text, the same as ``encoder.encode(text).ids``, in one batch call.
+
+    ``encode_batch_fast`` skips the character offsets that packing never reads, and runs on the
+    tokenizers thread pool unless ``TOKENIZERS_PARALLELISM`` turns it off.
+    """
+    return [encoding.ids for encoding in encoder.encode_batch_fast(texts)]
+
+
 def _encode_chunk(texts: list[str]) -> list[list[int]]:
     assert _worker_encoder is not None, "worker used before _init_worker"
-    return [_worker_encoder.encode(text).ids for text in texts]
+    return encode_texts(_worker_encoder, texts)
 
 
 def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -55,19 +72,25 @@ def doc_record(doc: Document) -> dict[str, Any]:
 def tokenize_documents(
     tokenizer_file: Path, docs: Iterable[Document], num_workers: int, chunk_docs: int
 ) -> Iterator[tuple[dict[str, Any], list[int]]]:
-    """``(record, token ids)`` per document, in input order; ``num_workers > 1`` uses processes."""
+    """``(record, token ids)`` per document, in input order, encoded ``chunk_docs`` at a time.
+
+    ``num_workers == 1`` encodes in this process, on the tokenizers thread pool where this
+    process allows it; more uses that many processes, each with its share of the cores.
+    """
     if num_workers == 1:
         encoder = load_encoder(tokenizer_file)
-        for doc in docs:
-            yield doc_record(doc), encoder.encode(doc.text).ids
+        for chunk in _chunks(docs, chunk_docs):
+            for doc, ids in zip(chunk, encode_texts(encoder, [doc.text for doc in chunk]), strict=True):
+                yield doc_record(doc), ids
         return
     window = num_workers * WINDOW_PER_WORKER
     # spawn, not fork: the parent may hold Prefect's and MLflow's threads and locks. An executor,
     # not a Pool: a worker that cannot start raises BrokenProcessPool here instead of being
     # respawned forever.
     context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // num_workers)
     with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker,
-                             initargs=(str(tokenizer_file),)) as pool:
+                             initargs=(str(tokenizer_file), threads)) as pool:
         chunks = _chunks(docs, chunk_docs)
         while batch := list(islice(chunks, window)):
             encoded = list(pool.map(_encode_chunk, [[doc.text for doc in chunk] for chunk in batch]))

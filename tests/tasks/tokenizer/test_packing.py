@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from ladder.artifacts import hash_files
-from tasks.data.document import iter_split
+from tasks.data.document import SPLITS, iter_split
 from tasks.tokenizer.config import PackingConfig
-from tasks.tokenizer.pack import pack_split, token_ids
-from tasks.tokenizer.stage import TOKENIZER_DIR, build_shards
+from tasks.tokenizer.pack import encode_texts, pack_split, token_ids
+from tasks.tokenizer.stage import CANDIDATES_DIR, TOKENIZER_DIR, build_shards
 from tasks.tokenizer.train import load_encoder
 from tasks.train.shards import PackedShards
+from tokenizer_corpus import ODD_TEXTS
 
 SEQ_LEN = 64
 
@@ -26,7 +27,8 @@ def tokenizer_dir(built: Path) -> Path:
 def test_every_document_is_packed_in_order_with_a_boundary_after_it(
     tokenizer_dir: Path, curated: Path, tmp_path: Path
 ) -> None:
-    pack_split(tokenizer_dir, curated, "validation", tmp_path, PackingConfig(seq_len=SEQ_LEN, num_workers=1))
+    # Batches of 7 documents: the ids of batch encoding are checked against one encode() per document.
+    pack_split(tokenizer_dir, curated, "validation", tmp_path, PackingConfig(seq_len=SEQ_LEN, num_workers=1, chunk_docs=7))
     shards = PackedShards(tmp_path)
     boundary_id, pad_id, _ = token_ids(tokenizer_dir)
     encoder = load_encoder(tokenizer_dir / "tokenizer.json")
@@ -46,6 +48,17 @@ def test_every_document_is_packed_in_order_with_a_boundary_after_it(
     fill = int((last >= 0).sum())
     assert np.all(last[:fill] >= 0) and np.all(last[fill:] == -1)
     assert np.all(np.asarray(shards.tokens[-1])[fill:] == pad_id)
+
+
+def test_batch_encoding_gives_every_candidate_the_ids_of_one_encode_per_text(built: Path, curated: Path) -> None:
+    # Packing encodes in batches without offsets; the shards must hold the ids encode() gives,
+    # for every kind of candidate the stage may choose, on every split and on text that breaks tokenizers.
+    texts = [doc.text for split in SPLITS for doc in iter_split(curated, split)] + ODD_TEXTS
+    paths = sorted((built / CANDIDATES_DIR).glob("*/tokenizer.json"))
+    assert {path.parent.name.split("-")[0] for path in paths} == {"bpe", "unigram", "sentencepiece"}
+    for path in paths:
+        encoder = load_encoder(path)
+        assert encode_texts(encoder, texts) == [encoder.encode(text).ids for text in texts], path.parent.name
 
 
 def test_packing_efficiency_on_a_realistic_split(tokenizer_dir: Path, curated: Path, tmp_path: Path) -> None:
