@@ -202,8 +202,10 @@ class DaskConfig(Section):
         8 * 2**20,
         ge=1,
         description="Input files are grouped, in corpus order, into shards of about this many bytes on disk; a "
-        "larger file is a shard alone. A worker holds one shard's documents and their token arrays at a time "
-        "(about 10x the shard's bytes at its peak), so this bounds each worker's memory.",
+        "larger .jsonl or .parquet file is cut into shards of whole lines or row groups, of even size and at most "
+        "about this, and any other larger file (.jsonl.gz, text, a parquet file of one row group) is a shard "
+        "alone. A worker holds one shard's documents and their token arrays at a time (about 10x the shard's "
+        "bytes at its peak), so this bounds each worker's memory.",
     )
 
 

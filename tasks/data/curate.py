@@ -158,7 +158,7 @@ def build_dataset(out_dir: Path, files: list[InputFile], cfg: DataConfig, corpus
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        shards = run_shards(plan_shards(files, cfg.dask.shard_bytes), cfg, scratch)
+        shards = run_shards(plan_shards(files, cfg.dask.shard_bytes, cfg.input), cfg, scratch)
         return _build_from_shards(out_dir, shards, cfg, corpus)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -1,17 +1,19 @@
 """The data stage's per-shard work and where it runs: in this process or on Dask, through Prefect.
 
-A shard is a run of consecutive input files of about ``data.dask.shard_bytes``. Each shard is read,
+A shard is a run of consecutive input files of about ``data.dask.shard_bytes``, or a part of a larger
+.jsonl or .parquet file (a run of its lines or row groups, ``ingest.file_parts``). Each shard is read,
 normalized, scored by the quality rules and given its dedup features and work signatures on its own,
 with memory bounded by the shard: the documents that pass the rules are written to the shard's own
 file under a scratch directory, and the driver gets back only what the global steps need (statistics,
-quarantine entries, dedup features, documents without their text). Shards are fixed by the file list
-alone, never by the number of workers, and every per-shard result depends only on the shard's files,
-so any cluster gives the same dataset, byte for byte. A shard lost with its worker is computed again
-by Dask and written again under the same name.
+quarantine entries, dedup features, documents without their text). Shards are fixed by the files
+alone, never by the number of workers, and every record's result depends only on the record, whichever
+shard reads it, so any cluster and any shard size give the same dataset, byte for byte. A shard lost with
+its worker is computed again by Dask and written again under the same name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 from collections import Counter
@@ -26,11 +28,11 @@ import pandas as pd
 from prefect import task, unmapped
 from prefect.cache_policies import NO_CACHE
 
-from tasks.data.config import DaskConfig, DataConfig
+from tasks.data.config import DaskConfig, DataConfig, InputConfig
 from tasks.data.corpus import InputFile
 from tasks.data.dedup import DedupFeatures, dedup_features
 from tasks.data.document import Document
-from tasks.data.ingest import Quarantined, ingest
+from tasks.data.ingest import FilePart, Quarantined, file_parts, ingest, ingest_part
 from tasks.data.normalize import normalize
 from tasks.data.quality import apply_quality_rules
 from tasks.data.split import document_work_signatures, record_id, record_starts
@@ -38,10 +40,12 @@ from tasks.data.split import document_work_signatures, record_id, record_starts
 
 @dataclass(frozen=True)
 class Shard:
-    """Consecutive input files processed together; ``index`` orders shards as the files are ordered."""
+    """Consecutive input files processed together, or a part of one file; ``index`` orders shards as the files
+    and their parts are ordered."""
 
     index: int
     files: list[InputFile]
+    part: FilePart | None = None  # the part of files[0] (its only file) this shard reads; None: whole files
 
 
 @dataclass
@@ -71,18 +75,27 @@ def _file_bytes(f: InputFile) -> int:
         return 0  # ingest quarantines it as unreadable
 
 
-def plan_shards(files: list[InputFile], shard_bytes: int) -> list[Shard]:
-    """Files in corpus order cut into shards of at most ``shard_bytes`` (a larger file alone); never empty."""
-    groups: list[list[InputFile]] = [[]]
+def plan_shards(files: list[InputFile], shard_bytes: int, cfg: InputConfig) -> list[Shard]:
+    """Files in corpus order cut into shards of at most ``shard_bytes``; never empty. A larger file is cut into
+    shards of its lines or row groups where it can be (see ``ingest.file_parts``), and is a shard alone where
+    it cannot."""
+    planned: list[tuple[list[InputFile], FilePart | None]] = []
+    group: list[InputFile] = []
     size = 0
     for f in files:
         n = _file_bytes(f)
-        if groups[-1] and size + n > shard_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(f)
-        size += n
-    return [Shard(i, group) for i, group in enumerate(groups)]
+        parts = file_parts(f, shard_bytes, cfg) if n > shard_bytes else None
+        if group and (parts or size + n > shard_bytes):
+            planned.append((group, None))
+            group, size = [], 0
+        if parts:
+            planned.extend(([f], part) for part in parts)
+        else:
+            group.append(f)
+            size += n
+    if group or not planned:
+        planned.append((group, None))
+    return [Shard(i, group, part) for i, (group, part) in enumerate(planned)]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -94,7 +107,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def process_shard(shard: Shard, cfg: DataConfig, scratch: Path) -> ShardResult:
     """Ingest, normalize, quality rules, dedup features and work signatures of one shard (see the module docstring)."""
-    ingested = ingest(shard.files, cfg.input)
+    if shard.part is None:
+        ingested = ingest(shard.files, cfg.input)
+    else:
+        ingested = ingest_part(shard.files[0], shard.part, cfg.input)
     normalized = normalize(ingested.records, cfg.normalize)
     del ingested.records  # the raw texts are the documents' again: hold one copy of the shard's text
     stats, kept, failed = apply_quality_rules(normalized.documents, cfg.quality)
@@ -203,27 +219,38 @@ def run_shards(shards: list[Shard], cfg: DataConfig, scratch: Path) -> list[Shar
     """Every shard's result, in shard order: on the cluster at ``data.dask.address``, on a local cluster,
     or in this process (see ``DaskConfig``). Dask runs the shard tasks through Prefect's ``DaskTaskRunner``,
     so each is a Prefect task run, and it recomputes the shards of a worker that dies.
+
+    A stage stopped or failed on the way (SIGTERM, SIGINT, a shard's error) stops the local cluster's
+    workers at once: its shards are discarded, and waiting for the running ones would keep it for as long.
     """
     workers = local_workers(cfg.dask, len(shards))
     if cfg.dask.address is None and workers == 0:
         return [process_shard(shard, cfg, scratch) for shard in shards]
+    from distributed import LocalCluster
     from prefect.client.orchestration import get_client
     from prefect_dask import DaskTaskRunner
 
     if cfg.dask.address is not None:
-        runner = DaskTaskRunner(address=cfg.dask.address)
-    else:
-        # Workers report their task runs to this process's API; without it each would start a temporary
-        # server of its own (seconds each) whose records vanish with it.
-        with get_client(sync_client=True) as client:
-            env = {"PREFECT_API_URL": str(client.api_url)}
-        runner = DaskTaskRunner(
-            cluster_class="distributed.LocalCluster",
-            # Processes, one thread each: tokenizing and hashing hold the GIL.
-            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                            "dashboard_address": None, "env": env},
-        )
-    with _environ_kept(), runner:
+        # Closing the client on the way out releases its futures: the scheduler drops the pending shards.
+        return _gather(DaskTaskRunner(address=cfg.dask.address), shards, cfg, scratch)
+    # Workers report their task runs to this process's API; without it each would start a temporary
+    # server of its own (seconds each) whose records vanish with it.
+    with get_client(sync_client=True) as client:
+        env = {"PREFECT_API_URL": str(client.api_url)}
+    # Processes, one thread each: tokenizing and hashing hold the GIL.
+    with _environ_kept(), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, env=env) as cluster:
+        try:
+            return _gather(DaskTaskRunner(cluster=cluster), shards, cfg, scratch)
+        except BaseException:
+            # A worker busy with a shard ignores a polite close: its nanny would wait 4 s before killing it.
+            cluster.sync(_stop_workers, list(cluster.workers.values()))
+            raise
+
+
+def _gather(runner: Any, shards: list[Shard], cfg: DataConfig, scratch: Path) -> list[ShardResult]:
+    """Every shard's result, in shard order, from the shard tasks run by ``runner`` (a ``DaskTaskRunner``)."""
+    with runner:
         futures = list(runner.map(shard_task, {"shard": shards, "cfg": unmapped(cfg), "scratch": unmapped(scratch)}))
         futures.reverse()
         results = []
@@ -231,6 +258,11 @@ def run_shards(shards: list[Shard], cfg: DataConfig, scratch: Path) -> list[Shar
             # Dropping a future once its result is here lets its worker free the result's copy.
             results.append(futures.pop().result())
         return results
+
+
+async def _stop_workers(nannies: list[Any]) -> None:
+    """Close every worker process, killing within half a second one that does not close (see ``run_shards``)."""
+    await asyncio.gather(*(nanny.close(timeout=0.5, reason="data stage stopped") for nanny in nannies))
 
 
 def merge_file_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -76,15 +76,34 @@ def dvc_remote(ws: Workspace) -> str:
 
 
 def materialize(artifact: Artifact, data_dir: Path) -> None:
-    """Replace ``data_dir`` by a copy of the artifact's data files."""
-    shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.mkdir(parents=True)
-    for name in DATA_FILES:
-        source = artifact.file(name)
-        if source.is_dir():
-            shutil.copytree(source, data_dir / name)
-        else:
-            shutil.copy2(source, data_dir / name)
+    """Replace ``data_dir`` by a copy of the artifact's data files.
+
+    The copy is made beside it and renamed into place, so that a run stopped on the way (SIGTERM, a full
+    disk) leaves the previous dataset whole rather than half replaced.
+    """
+    tmp = data_dir.with_name(f".{data_dir.name}.tmp-{os.getpid()}")
+    old = data_dir.with_name(f".{data_dir.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        for name in DATA_FILES:
+            source = artifact.file(name)
+            if source.is_dir():
+                shutil.copytree(source, tmp / name)
+            else:
+                shutil.copy2(source, tmp / name)
+        try:
+            if data_dir.exists():
+                os.rename(data_dir, old)
+            os.rename(tmp, data_dir)
+        except BaseException:
+            if old.exists() and not data_dir.exists():  # stopped between the two renames
+                os.rename(old, data_dir)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -1,14 +1,19 @@
+import gzip
 import json
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from tasks.data import ingest as ingest_module
 from tasks.data.config import DataConfig, InputConfig
-from tasks.data.corpus import corpus_version, discover_files
+from tasks.data.corpus import InputFile, corpus_version, discover_files
 from tasks.data.curate import build_dataset
 from tasks.data.document import SPLITS, iter_split
-from tasks.data.ingest import ingest
+from tasks.data.ingest import IngestResult, file_parts, ingest, ingest_part
+from tasks.data.shard import merge_file_counts
 
 
 def test_every_bad_file_and_record_is_quarantined_with_its_reason(bad_corpus) -> None:
@@ -71,3 +76,62 @@ def test_hostile_input_never_hangs_or_escapes_and_every_entry_is_accounted_for(h
     for q in result.quarantined:
         assert q.detail and str(hostile_corpus.root.parent) not in q.detail
     assert corpus_version.fn(discover_files(hostile_corpus.root)) == version
+
+
+def _read_in_parts(f: InputFile, max_bytes: int, cfg: InputConfig) -> list[IngestResult]:
+    parts = file_parts(f, max_bytes, cfg)
+    assert parts is not None and len(parts) >= 4
+    return [ingest_part(f, part, cfg) for part in parts]
+
+
+def test_a_jsonl_file_read_in_line_ranges_gives_what_reading_it_whole_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # blocks smaller than a line, so that cuts and line counts straddle the scan's blocks
+    monkeypatch.setattr(ingest_module, "_SCAN_BLOCK", 7)
+    texts = [json.dumps({"text": f"record {i} " + "verse " * (i % 13)}) for i in range(40)]
+    texts[17] = '{"text": "a broken line in the middle of a range'
+    texts[25] = ""  # a blank separator line holds no record
+    root = tmp_path / "lines"
+    root.mkdir()
+    (root / "big.jsonl").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    (f,) = discover_files(root)
+
+    parts = _read_in_parts(f, 200, InputConfig())
+    whole = ingest([f], InputConfig())
+    assert [r for p in parts for r in p.records] == whole.records
+    assert [q for p in parts for q in p.quarantined] == whole.quarantined
+    assert [q.id for q in whole.quarantined] == ["big.jsonl:18"]  # counted once, under its own line number
+    assert merge_file_counts([p.files for p in parts]) == whole.files
+
+
+def test_a_parquet_file_read_in_runs_of_row_groups_gives_what_reading_it_whole_gives(tmp_path: Path) -> None:
+    texts: list[str | None] = [f"record {i} " + "verse " * (i % 13) for i in range(40)]
+    texts[17] = None  # a row without text in the middle of a run
+    root = tmp_path / "rows"
+    root.mkdir()
+    pq.write_table(pa.table({"text": texts}), root / "big.parquet", row_group_size=3)
+    (f,) = discover_files(root)
+
+    parts = _read_in_parts(f, 400, InputConfig())
+    whole = ingest([f], InputConfig())
+    assert [r for p in parts for r in p.records] == whole.records
+    assert [q for p in parts for q in p.quarantined] == whole.quarantined
+    assert [q.id for q in whole.quarantined] == ["big.parquet:17"]
+    assert merge_file_counts([p.files for p in parts]) == whole.files
+
+
+def test_files_with_a_verdict_on_the_whole_file_are_never_cut(bad_corpus) -> None:
+    # a gzip stream cannot be entered in the middle; a NUL byte anywhere makes the whole file binary
+    root = bad_corpus.root
+    (root / "nul.jsonl").write_bytes(b'{"text": "a"}\n' * 50 + b"\0\n" + b'{"text": "b"}\n' * 50)
+    (root / "blank.jsonl").write_bytes(b" \n" * 500)
+    (root / "big.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n' * 1000, mtime=0))
+    pq.write_table(pa.table({"body": ["x" * 100] * 50}), root / "no_text.parquet", row_group_size=5)
+    pq.write_table(pa.table({"text": ["x" * 100] * 50}), root / "large.parquet", row_group_size=5)
+    files = {f.rel: f for f in discover_files(root)}
+    for name in ("nul.jsonl", "blank.jsonl", "big.jsonl.gz", "records.jsonl.gz", "table.parquet", "no_text.parquet"):
+        assert file_parts(files[name], 20, InputConfig()) is None, name
+    assert file_parts(files["large.parquet"], 20, InputConfig()) is not None
+    for name in ("records.jsonl", "large.parquet"):  # file_too_large: on disk, or its text column decompressed
+        assert file_parts(files[name], 20, InputConfig(max_file_bytes=4000)) is None, name

@@ -1,21 +1,28 @@
-"""The per-shard work on a real Dask cluster through Prefect: the same bytes wherever it runs, and after a worker dies."""
+"""The per-shard work on a real Dask cluster through Prefect: the same bytes wherever it runs, after a worker dies, and
+however large files are cut into shards."""
 
+import gzip
+import json
 import os
 import shutil
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from distributed import Client, LocalCluster
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-from tasks.data.config import DataConfig
+from tasks.data.config import DataConfig, InputConfig
 from tasks.data.corpus import discover_files
 from tasks.data.curate import DATA_FILES, build_dataset
+from tasks.data.dataset import dvc_dir_md5
 from tasks.data.shard import plan_shards
 
 # Two editions of a play (one work), an exact copy (allegro.txt under two names) and small poems, one
@@ -64,7 +71,7 @@ def cluster(prefect_harness: None) -> Iterator[LocalCluster]:
 def test_one_and_two_dask_workers_give_the_in_process_bytes(
     corpus: Path, in_process: dict[str, bytes], cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    shards = plan_shards(discover_files(corpus), SHARD_BYTES)
+    shards = plan_shards(discover_files(corpus), SHARD_BYTES, InputConfig())
     assert len(shards) >= 5
     assert _build(corpus, tmp_path / "one", _config(workers=1)) == in_process
     assert _build(corpus, tmp_path / "two", _config(address=cluster.scheduler_address)) == in_process
@@ -107,3 +114,44 @@ def test_a_worker_killed_mid_stage_changes_no_byte(
         killer.join()
     assert killed, "no worker was busy with a shard to kill"
     assert built == in_process
+
+
+@pytest.fixture(scope="module")
+def big_files(example_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A corpus whose .jsonl file and .parquet file are each many shards long, with a broken line, a row
+    without text, an exact copy of an earlier record, and a .jsonl.gz beside them (never cut)."""
+    text = (example_root / FILES[0]).read_text(encoding="utf-8-sig")
+    records = [json.dumps({"text": text[i : i + 2500]}) for i in range(0, 12 * 2500, 2500)]
+    records[5] = records[5][: len(records[5]) // 2]  # a broken line in the middle of a range
+    records.insert(9, records[2])
+    root = tmp_path_factory.mktemp("big") / "corpus"
+    (root / "web").mkdir(parents=True)
+    (root / "web" / "big.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
+    (root / "web" / "zipped.jsonl.gz").write_bytes(gzip.compress(("\n".join(records[:6]) + "\n").encode(), mtime=0))
+    rows: list[str | None] = [text[i : i + 2500] for i in range(30_000, 30_000 + 12 * 2500, 2500)]
+    rows[7] = None
+    pq.write_table(pa.table({"text": rows}), root / "web" / "pages.parquet", row_group_size=2)
+    return root
+
+
+def test_files_cut_into_shards_of_lines_and_row_groups_give_the_bytes_of_one_shard(
+    big_files: Path, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    small = DataConfig.model_validate({"dask": {"workers": 0, "shard_bytes": 6000}})
+    shards = plan_shards(discover_files(big_files), small.dask.shard_bytes, small.input)
+    cut = Counter(s.files[0].rel for s in shards if s.part is not None)
+    assert cut.keys() == {"web/big.jsonl", "web/pages.parquet"} and min(cut.values()) >= 3
+    assert [[f.rel for f in s.files] for s in shards if s.part is None] == [["web/zipped.jsonl.gz"]]
+
+    whole = DataConfig.model_validate({"dask": {"workers": 0, "shard_bytes": 2**30}})
+    assert len(plan_shards(discover_files(big_files), whole.dask.shard_bytes, whole.input)) == 1
+    in_parts, in_one = tmp_path / "parts", tmp_path / "one"
+    one_shard = _build(big_files, in_one, whole)
+    assert _build(big_files, in_parts, small) == one_shard
+    on_dask = small.model_copy(update={"dask": small.dask.model_copy(update={"address": cluster.scheduler_address})})
+    assert _build(big_files, tmp_path / "dask", on_dask) == one_shard
+    assert dvc_dir_md5(in_parts, DATA_FILES) == dvc_dir_md5(in_one, DATA_FILES)
+    counts = json.loads((in_parts / "dataset.json").read_text())["counts"]
+    assert counts["files"] == {"total": 3, "read": 3, "quarantined": {}}  # a cut file counted once
+    assert counts["documents"]["quarantined"]["malformed_json"] == 2  # once in each of the two jsonl files
+    assert counts["documents"]["quarantined"]["missing_text_field"] == 1
