@@ -37,6 +37,7 @@ class LadderFit:
     intervals: Intervals
     holdout: HoldoutCheck
     holdout_prediction: Prediction  # the top rung's last point from the fit without it, with that fit's interval
+    holdout_intervals: Intervals  # the bootstrap of the fit without the top rung
     unidentified: dict[str, str]  # parameter -> why the points do not determine it
     unique_tokens: float | None  # tokens of one pass over the train split, in the unit D counts
     max_epochs: float | None  # most passes over the train split any point made
@@ -147,6 +148,7 @@ def fit_scaling_law(
         fit=fit,
         intervals=intervals,
         holdout=holdout,
+        holdout_intervals=holdout_intervals,
         holdout_prediction=predict(
             holdout.fit, holdout.n_params, top_tokens, holdout_intervals, **_data(unique_tokens, config),
             limits=limits(holdout_unidentified, top_tokens, unique_tokens, points_epochs, config.max_epochs),

@@ -115,3 +115,45 @@ class ScalingFitConfig(Section):
         if not 0 <= bounds[0] < bounds[1]:
             raise ValueError(f"exponent_range needs 0 <= low < high, got {bounds}")
         return bounds
+
+
+class TaskScoresConfig(Section):
+    """How the ladder predicts the target's eval-task scores (AI2's two steps) and how the release gate reads a miss.
+
+    Bhagia et al. 2024 ("Establishing Task Scaling Laws via Compute-Efficient Model Ladders",
+    arXiv 2412.04403): step 1 takes (N, D) to the task loss (bits per byte of each item's correct
+    answer), step 2 the task loss to the score with a sigmoid. Each rung's final checkpoint is
+    scored on the eval suite the evals stage builds, so predictions and the target's scores come
+    from the same items and the same lm-eval.
+    """
+
+    enabled: bool = Field(
+        True, description="Score the rungs on the eval suite and predict every task's score (false: loss only)."
+    )
+    metrics: tuple[str, ...] = Field(
+        ("acc_norm", "exact_match", "bits_per_byte"),
+        description="The score predicted for each task, the first of these its metrics has: accuracy normalised by "
+        "length for the cloze tasks, exact match for generation, bits per byte for perplexity (its own task loss).",
+    )
+    rung_items: int | None = Field(
+        32, ge=8, description="Items per cloze or generation task the rungs are scored on (the suite's first; null: "
+        "all). The bootstrap over them puts their noise into the interval. Tiny profile, example corpus, 2 shared "
+        "cores: scoring the four rungs at 32 items and 8 documents took 6-20 s of wall time (about 19 CPU seconds); "
+        "at 16 and 4, 3 s once the lm-eval import was paid.",
+    )
+    rung_documents: int | None = Field(
+        8, ge=2, description="Held-out documents per perplexity task the rungs are scored on (the suite's first; null: "
+        "all): each is scored whole in rolling windows, and with every document (24 a source) perplexity took three "
+        "quarters of the rungs' scoring time on the example corpus.",
+    )
+    bootstrap_samples: int = Field(
+        200, ge=20, description="Joint resamples of the rungs' items and the loss law's bootstrap refits behind each interval."
+    )
+    confidence: float = Field(0.9, gt=0, lt=1, description="Coverage of the predicted scores' percentile intervals.")
+    gate: Literal["advisory", "required"] = Field(
+        "advisory",
+        description="What a target score outside its prediction's interval does at the release gate: advisory "
+        "reports it as a reason, required also fails the gate. Advisory by default: a few tiny rungs near chance "
+        "rarely pin the sigmoid down.",
+    )
+    seed: int = Field(0, description="Seed of the bootstrap resampling.")

@@ -105,6 +105,11 @@ def _log_law(x: NDArray[np.float64], log_n: ArrayLike, log_d: ArrayLike) -> NDAr
     return np.logaddexp(np.logaddexp(a - alpha * np.asarray(log_n), b - beta * np.asarray(log_d)), e)
 
 
+def law_loss(x: ArrayLike, n_params: ArrayLike, n_tokens: ArrayLike) -> NDArray[np.float64]:
+    """The law's loss at (N, D) for coordinates ``x = (a, b, e, alpha, beta)``: a fit's ``x`` or a bootstrap refit's row."""
+    return np.exp(_log_law(np.asarray(x, dtype=np.float64), np.log(n_params), np.log(n_tokens)))
+
+
 def _objective(x: NDArray[np.float64], points: Points, delta: float) -> tuple[float, NDArray[np.float64]]:
     """Sum of Huber(delta) of log-loss residuals, and its gradient in (a, b, e, alpha, beta)."""
     a, b, e, alpha, beta = x

@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 from ladder.config import Section
 from models.llama import count_params
-from tasks.scaling.config import ScalingFitConfig
+from tasks.scaling.config import ScalingFitConfig, TaskScoresConfig
 from tasks.train.config import TrainConfig
 from tasks.train.continued import resolve
 from tasks.train.shards import PackedShards
@@ -43,6 +43,9 @@ class ScalingConfig(Section):
     )
     parallel: int = Field(2, ge=1, description="Rungs trained side by side (each takes cores / parallel threads).")
     fit: ScalingFitConfig = Field(default_factory=ScalingFitConfig, description="Fit, bootstrap and gate tolerance.")
+    task_scores: TaskScoresConfig = Field(
+        default_factory=TaskScoresConfig, description="Eval-task scores predicted for the target from the rungs' scores."
+    )
     compute_budgets: list[float] = Field(
         default_factory=lambda: [1e15, 1e17, 1e19],
         description="FLOP budgets C for which the compute-optimal (N, D) and expected loss are reported.",

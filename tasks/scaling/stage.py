@@ -3,7 +3,9 @@
 Its artifact (stage ``scaling``) holds ``points.json``, ``fit.json`` (fit, intervals,
 self-check, prediction, compute-optimal answers, unidentified parameters, epochs over the
 train split), ``summary.md``, ``fidelity.md`` (each prediction against its actual, pending
-for the target until the gate) and the two plots. Each rung
+for the target until the gate), the two plots and, with ``scaling.task_scores.enabled``,
+``task_scores.json``: the target's predicted score on every task of the eval suite, from the
+rungs' final checkpoints scored on it (:mod:`tasks.scaling.task_scores`). Each rung
 is a ``train`` artifact of its own, so a rerun retrains nothing that is unchanged.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,16 @@ from typing import Any
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
 from ladder.artifacts import Artifact, ArtifactRef, Code, StageOutput, stage_version
 from ladder.config import Section
 from ladder.tags import SCALING_GATE, SCALING_GATE_REASONS, SCALING_OVERRIDE, input_tags
 from ladder.workspace import Workspace
+from models.llama import count_params
+from tasks.evals.config import RunConfig
+from tasks.evals.runner import MetricTable
+from tasks.evals.suite import Suite
 from tasks.scaling.analysis import fit_scaling_law
 from tasks.scaling.fit import FidelityRow, Prediction, ScalingFit, compute_optimal, epochs, gate
 from tasks.scaling.ladder import Point, ScalingConfig, plan, rung_points, target, tokens_per_step, unique_tokens
@@ -34,29 +42,45 @@ from tasks.scaling.plots import (
     summary_markdown,
     write_png,
 )
+from tasks.scaling.task_scores import (
+    RungScores,
+    TaskPrediction,
+    compare_task_scores,
+    judge_task_scores,
+    predict_task_scores,
+    rung_samples,
+    task_items,
+    task_score_line,
+)
 from tasks.train.config import TrainConfig
 from tasks.train.shards import PackedShards
-from tasks.train.stage import CODE as TRAIN_CODE, TrainInputs, train_model
+from tasks.train.stage import CODE as TRAIN_CODE, MODEL_DIR, TrainInputs, train_model
 
 log = logging.getLogger(__name__)
 
 STAGE = "scaling"
 # The rungs' losses are the points the law is fitted to, and the artifact's inputs do not name
-# the rungs' versions: so it is built by the training code too. scipy fits the law; numpy resamples it.
+# the rungs' versions: so it is built by the training code too. scipy fits the law; numpy resamples it;
+# lm-eval scores the rungs on the eval suite, whose version is an input.
 CODE = Code(
     ("tasks.scaling", *TRAIN_CODE.packages),
-    ("scipy", *TRAIN_CODE.libraries),
+    ("scipy", "lm_eval", *TRAIN_CODE.libraries),
 )
 POINTS, FIT, SUMMARY, FIDELITY = "points.json", "fit.json", "summary.md", "fidelity.md"
+TASK_SCORES = "task_scores.json"
 SELF_CHECK_ROW, TARGET_ROW = "self-check: top rung from the others", "target run"
 LOSS_VS_COMPUTE, PREDICTED_VS_ACTUAL = "loss_vs_compute.png", "predicted_vs_actual.png"
 
 
 class ScalingStageConfig(Section):
-    """What versions the scaling artifact: the ``scaling`` section and the training config its rungs resize."""
+    """What versions the scaling artifact: the ``scaling`` section, the training config its rungs resize, and how
+    lm-eval scores the rungs on the eval suite (the suite's version is an input)."""
 
     scaling: ScalingConfig
     train: TrainConfig
+    evals_run: RunConfig = Field(
+        default_factory=RunConfig, description="The evals stage's lm-eval settings: the rungs are scored as the target is."
+    )
 
 
 def train_rungs(
@@ -91,6 +115,47 @@ def collect_points(scaling: ScalingConfig, rungs: list[tuple[TrainConfig, Artifa
     return points
 
 
+def score_rungs(
+    rungs: list[tuple[TrainConfig, Artifact]], seq_len: int, tokenizer_dir: Path, suite: Suite, run: RunConfig,
+    scaling: ScalingConfig,
+) -> RungScores:
+    """Each rung's final checkpoint scored on the suite's first ``scaling.task_scores.rung_items`` items per task
+    (``rung_documents`` documents per perplexity task)."""
+    started = time.perf_counter()
+    samples = rung_samples([artifact.path / MODEL_DIR for _, artifact in rungs], tokenizer_dir, suite, run,
+                           scaling.task_scores.rung_items, scaling.task_scores.rung_documents)
+    items, unpredicted = task_items(samples, suite, scaling.task_scores.metrics)
+    for name, why in unpredicted.items():
+        log.warning("no score prediction for %s: %s", name, why)
+    return RungScores(
+        n_params=tuple(float(count_params(cfg.model)["non_embedding"]) for cfg, _ in rungs),
+        n_tokens=tuple(float(cfg.total_steps(seq_len) * tokens_per_step(cfg, seq_len)) for cfg, _ in rungs),
+        items=items, unpredicted=unpredicted, higher_is_better=dict(suite.higher_is_better),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _task_scores_markdown(predictions: list[TaskPrediction], unpredicted: dict[str, str]) -> str:
+    """The target's predicted task scores, and the self-check on the top rung, as a markdown section."""
+    if not predictions and not unpredicted:
+        return ""
+    lines = [
+        "\n## Task scores (two steps: (N, D) -> task loss -> score)\n",
+        "| task | predicted | interval | task loss (bits/byte) | self-check: top rung predicted | its actual | limits |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in predictions:
+        check = p.self_check
+        lines.append(
+            f"| {p.name} | {p.predicted:.4f} | [{p.low:.4f}, {p.high:.4f}] ({p.confidence:.0%}) | {p.task_loss:.4f} | "
+            f"{check.predicted:.4f} [{check.low:.4f}, {check.high:.4f}] | {check.actual:.4f} "
+            f"({'inside' if check.inside else 'OUTSIDE'}) | {len(p.limits) or 'none'} |"
+        )
+    lines += [""] + [f"- {p.name}: {limit}" for p in predictions for limit in p.limits if not limit.startswith("loss law: ")]
+    lines += [f"- {name}: not predicted, {why}" for name, why in unpredicted.items()]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def _data_markdown(points: list[Point], train_tokens: float | None, form: str) -> str:
     """How often each rung passed over the train split, and the form the law was fitted in."""
     if train_tokens is None:
@@ -109,11 +174,13 @@ def build_scaling(
     points: list[Point],
     target_nd: tuple[float, float],
     train_tokens: float | None = None,
+    rung_scores: RungScores | None = None,
 ) -> StageOutput:
     """Fit the points, predict the target, answer the compute-optimal questions, draw and summarise.
 
     ``train_tokens``: one pass over the train split (``unique_tokens``); with it, epochs are
-    stated and repeated data is fitted in the data-constrained form.
+    stated and repeated data is fitted in the data-constrained form. ``rung_scores``: the rungs
+    scored on the eval suite; with them, every task's score is predicted for the target.
     """
     n = np.array([p.n_params for p in points])
     d = np.array([p.n_tokens for p in points])
@@ -135,6 +202,26 @@ def build_scaling(
         )
     )
     (out / FIDELITY).write_text("# Ladder fidelity\n\n" + fidelity_markdown(fidelity))
+    task_predictions: list[TaskPrediction] = []
+    task_metrics: dict[str, float] = {}
+    if rung_scores is not None:
+        task_predictions = predict_task_scores(
+            rung_scores.items, result, (rung_scores.n_params, rung_scores.n_tokens), target_nd, cfg.scaling.task_scores,
+            rung_scores.higher_is_better, prediction.limits,
+        )
+        (out / TASK_SCORES).write_text(json.dumps(
+            {"predictions": [p.to_dict() for p in task_predictions], "unpredicted": rung_scores.unpredicted,
+             "rung_items": cfg.scaling.task_scores.rung_items, "rung_documents": cfg.scaling.task_scores.rung_documents,
+             "scoring_seconds": rung_scores.seconds},
+            indent=2, default=float,
+        ))
+        for p in task_predictions:
+            task_metrics.update({f"task/{p.name}/predicted": p.predicted, f"task/{p.name}/low": p.low,
+                                 f"task/{p.name}/high": p.high, f"task/{p.name}/self_check_error": p.self_check.error})
+        task_metrics.update({
+            "task_self_checks_inside": sum(p.self_check.inside for p in task_predictions),
+            "task_scoring_seconds": rung_scores.seconds,
+        })
     write_png(plot_loss_vs_compute(n, d, loss, result.fit, target=prediction), out / LOSS_VS_COMPUTE)
     write_png(plot_predicted_vs_actual(n, d, loss, result.fit, target=prediction), out / PREDICTED_VS_ACTUAL)
     optimal_md = "\n".join(
@@ -148,10 +235,11 @@ def build_scaling(
         + optimal_md + "\n"
         + (f"\nThese rest on unidentified parameters ({', '.join(result.unidentified)}): read them as the "
            "fit's extrapolation, not as the law's.\n" if result.unidentified else "")
+        + _task_scores_markdown(task_predictions, {} if rung_scores is None else rung_scores.unpredicted)
     )
     holdout = result.holdout
     return StageOutput(
-        counts={"rungs": len({p.rung for p in points}), "points": len(points)},
+        counts={"rungs": len({p.rung for p in points}), "points": len(points), "tasks_predicted": len(task_predictions)},
         metrics={
             "E": result.fit.E, "A": result.fit.A, "B": result.fit.B, "alpha": result.fit.alpha, "beta": result.fit.beta,
             "r2_log_loss": result.fit.r2_log_loss, "holdout_rel_error": holdout.rel_error,
@@ -159,26 +247,46 @@ def build_scaling(
             "predicted_loss": prediction.loss, "predicted_low": prediction.low, "predicted_high": prediction.high,
             "unidentified_params": len(result.unidentified), "prediction_limits": len(prediction.limits),
             **({} if prediction.epochs is None else {"target_epochs": prediction.epochs, "max_rung_epochs": result.max_epochs}),
+            **task_metrics,
         },
     )
 
 
 @task(name="scaling", cache_policy=NO_CACHE)
-def run_scaling(ws: Workspace, scaling: ScalingConfig, train: TrainConfig, inputs: TrainInputs) -> tuple[Artifact, bool]:
-    """The scaling artifact for these inputs: rungs trained (or found), law fitted, target predicted."""
+def run_scaling(
+    ws: Workspace,
+    scaling: ScalingConfig,
+    train: TrainConfig,
+    inputs: TrainInputs,
+    suite: Suite | None = None,
+    evals_run: RunConfig | None = None,
+) -> tuple[Artifact, bool]:
+    """The scaling artifact for these inputs: rungs trained (or found), law fitted, target predicted.
+
+    With ``scaling.task_scores.enabled`` the rungs are scored on ``suite`` (lm-eval run as
+    ``evals_run`` says) and the target's task scores are predicted too.
+    """
     from ladder.tracking import stage_run
 
-    cfg = ScalingStageConfig(scaling=scaling, train=train)
+    if scaling.task_scores.enabled and suite is None:
+        raise ValueError("scaling.task_scores.enabled needs the eval suite to score the rungs on: pass suite "
+                         "(tasks.evals.suite.build_suite), or set scaling.task_scores.enabled=false")
+    cfg = ScalingStageConfig(scaling=scaling, train=train, evals_run=evals_run or RunConfig())
     shards = PackedShards(inputs.train_shards)
     artifacts = ws.store()
+    versions = {**inputs.versions, "suite": suite.version} if scaling.task_scores.enabled and suite else inputs.versions
 
-    produces = [(STAGE, stage_version(STAGE, cfg, inputs.versions, CODE))]
+    produces = [(STAGE, stage_version(STAGE, cfg, versions, CODE))]
 
     def build(out: Path) -> StageOutput:
         with stage_run(ws, STAGE, cfg, tags=input_tags(inputs.versions), produces=produces) as run:
             rungs = train_rungs(ws, scaling, train, inputs, run.info.run_id)
+            scores = None
+            if suite is not None and scaling.task_scores.enabled:
+                scores = score_rungs(rungs, shards.seq_len, inputs.tokenizer_dir, suite, cfg.evals_run, scaling)
             output = build_scaling(
-                out, cfg, collect_points(scaling, rungs, shards.seq_len), target(train, shards), unique_tokens(shards)
+                out, cfg, collect_points(scaling, rungs, shards.seq_len), target(train, shards), unique_tokens(shards),
+                scores,
             )
             import mlflow
 
@@ -187,7 +295,7 @@ def run_scaling(ws: Workspace, scaling: ScalingConfig, train: TrainConfig, input
             (out / "mlflow_run_id").write_text(run.info.run_id)
         return output
 
-    return artifacts.run_stage(STAGE, cfg, inputs.versions, build, code=CODE)
+    return artifacts.run_stage(STAGE, cfg, versions, build, code=CODE)
 
 
 def _png_markdown(path: Path) -> str:
@@ -212,6 +320,9 @@ class ScalingResult:
     compute_optimal: list[dict[str, float]]
     mlflow_run_id: str
     cached: bool
+    task_predictions: tuple[TaskPrediction, ...] = ()
+    """The target's predicted score on each eval task, logged before it trains; compare them with its measured
+    scores by ``tasks.scaling.task_scores.compare_task_scores``. Empty with ``scaling.task_scores.enabled=false``."""
 
 
 @task(name="publish-scaling-report", cache_policy=NO_CACHE)
@@ -236,7 +347,15 @@ def publish_scaling(artifact: Artifact, cached: bool) -> ScalingResult:
         compute_optimal=fit["compute_optimal"],
         mlflow_run_id=artifact.file("mlflow_run_id").read_text(),
         cached=cached,
+        task_predictions=tuple(stored_task_predictions(artifact)),
     )
+
+
+def stored_task_predictions(artifact: Artifact) -> list[TaskPrediction]:
+    """The task-score predictions a scaling artifact recorded; none when it was built without them."""
+    if not (artifact.path / TASK_SCORES).exists():
+        return []
+    return [TaskPrediction.from_dict(raw) for raw in json.loads(artifact.file(TASK_SCORES).read_text())["predictions"]]
 
 
 def stored_fidelity(artifact: Artifact, actual_loss: float) -> list[FidelityRow]:
@@ -312,3 +431,37 @@ def target_gate(ws: Workspace, artifact: Artifact, scaling: ScalingConfig, actua
             description="The target run against the ladder's prediction.",
         )
     return result
+
+
+@task(name="task-score-check", cache_policy=NO_CACHE)
+def check_task_scores(ws: Workspace, artifact: Artifact, scaling: ScalingConfig, measured: MetricTable) -> dict[str, Any]:
+    """The target's measured eval scores (its ``MetricTable``) against the ladder's task predictions, for the release gate.
+
+    Returns ``blocks`` (a miss under ``scaling.task_scores.gate=required``), ``reasons`` (one per
+    task outside its interval), ``rows`` (``TaskComparison.to_dict()`` per task) and ``lines``
+    (one per task for the run summary). The actual scores and the comparison are logged to the
+    scaling run (``task/<task>/<metric>/actual``, ``scaling/task_scores_vs_actual.json``) and shown
+    as the Prefect artifact ``task-scores``.
+    """
+    from mlflow.tracking import MlflowClient
+    from prefect.artifacts import create_markdown_artifact
+
+    from ladder.tracking import experiment_id
+
+    rows = compare_task_scores(stored_task_predictions(artifact), measured)
+    decision = judge_task_scores(rows, scaling.task_scores.gate)
+    lines = [task_score_line(row) for row in rows]
+    experiment_id(ws)
+    client = MlflowClient()
+    run_id = artifact.file("mlflow_run_id").read_text()
+    for row in rows:
+        if row.actual is not None:
+            client.log_metric(run_id, f"task/{row.prediction.name}/actual", row.actual)
+    client.log_dict(run_id, [row.to_dict() for row in rows], f"{STAGE}/task_scores_vs_actual.json")
+    create_markdown_artifact(
+        key="task-scores",
+        markdown=f"# Task scores: predicted by the ladder, measured on the target ({scaling.task_scores.gate})\n\n"
+        + "\n".join(f"- {line}" for line in lines),
+        description="The target's eval-task scores against the ladder's predictions.",
+    )
+    return {"blocks": decision.blocks, "reasons": decision.reasons, "rows": [row.to_dict() for row in rows], "lines": lines}

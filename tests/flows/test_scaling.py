@@ -1,7 +1,8 @@
 """The scaling flow end to end on synthetic packed shards: rungs as child runs, fit, prediction, cache.
 
 Real components throughout: Prefect (test harness), MLflow (SQLite store), training processes
-(two rungs side by side), the scaling-law fit.
+(two rungs side by side), the scaling-law fit, the eval suite of a small curated dataset and
+lm-eval scoring the rungs on it.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from flows.scaling import scaling_flow
 from ladder.tracking import experiment_id
 from ladder.workspace import Workspace
-from tasks.scaling.stage import FIDELITY, FIT, POINTS
+from tasks.data.dataset import dvc_dir_md5
+from tasks.evals.suite import STAGE as SUITE_STAGE, Suite
+from app.project import ProjectConfig
+from ladder.config import load
+from tasks.evals.runner import Metric
+from tasks.scaling.stage import FIDELITY, FIT, POINTS, SUMMARY, TASK_SCORES, check_task_scores
 from tests.flows.tokenized import store_tokenized
+from tests.tasks.evals.eval_corpus import write_curated
 from tests.tasks.train.train_fixtures import write_shards, write_tokenizer
 
 pytestmark = pytest.mark.slow
 
-MD5 = "0123456789abcdef0123456789abcdef.dir"
 # The profile's four rungs (1e4 to 8e4 non-embedding parameters) on a tenth of their Chinchilla
 # budgets, 8 sequences of 32 tokens a step: 79 to 625 steps a rung.
 OVERRIDES = [
@@ -36,6 +42,11 @@ OVERRIDES = [
     "train.micro_batch_size=8",
     "train.precision=fp32",
     "train.max_tokens=320000",
+    "evals.suite.items_per_task=24",
+    "evals.suite.fewshot_pool=8",
+    "evals.suite.ppl_docs_per_source=6",
+    "scaling.task_scores.rung_items=16",
+    "scaling.task_scores.bootstrap_samples=50",
 ]
 
 
@@ -46,7 +57,11 @@ def _runs(ws: Workspace, stage: str) -> list:
 def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
     prefect_harness: None, workspace: Workspace, tmp_path: Path
 ) -> None:
-    tokenized = store_tokenized(workspace, write_shards(tmp_path / "shards"), write_tokenizer(tmp_path / "tokenizer"), MD5)
+    # The dataset whose held-out splits the eval suite is built from; the shards stand for its tokens.
+    write_curated(workspace.data, {"train": 160, "validation": 24, "test": 30})
+    md5 = dvc_dir_md5(workspace.data)
+    workspace.data_dvc.write_text(f"outs:\n- md5: {md5}\n  path: data\n")
+    tokenized = store_tokenized(workspace, write_shards(tmp_path / "shards"), write_tokenizer(tmp_path / "tokenizer"), md5)
     kwargs = {"overrides": OVERRIDES, "tokenized": tokenized}
     first = scaling_flow(**kwargs)
 
@@ -69,7 +84,7 @@ def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
     # MLflow: each rung's training run hangs under the scaling run, which holds the fit.
     (scaling_run,) = _runs(workspace, "scaling")
     assert scaling_run.info.run_id == first.mlflow_run_id
-    assert scaling_run.data.tags["ladder.data.md5"] == MD5
+    assert scaling_run.data.tags["ladder.data.md5"] == md5
     assert scaling_run.data.metrics["predicted_loss"] == pytest.approx(prediction["loss"])
     rungs = _runs(workspace, "train")
     assert len(rungs) == 4
@@ -83,6 +98,34 @@ def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
     assert scaling_run.data.metrics["target_epochs"] == pytest.approx(prediction["epochs"])
     assert "| target run |" in artifact.file(FIDELITY).read_text() and "epochs" in artifact.file(FIDELITY).read_text()
 
+    # Every task of the eval suite has a predicted score with its interval and a self-check on the top rung,
+    # in the result, the artifact and the scaling run, before any target trains.
+    suite = Suite.from_artifact(workspace.store().latest(SUITE_STAGE))
+    predicted = {p.task: p for p in first.task_predictions}
+    assert set(predicted) == set(suite.tasks) | {"ladder_ppl"}
+    assert {p.metric for p in predicted.values()} == {"acc_norm", "exact_match", "bits_per_byte"}
+    for p in predicted.values():
+        assert p.low <= p.high and p.rung_items <= 16 and math.isfinite(p.self_check.actual)
+        assert scaling_run.data.metrics[f"task/{p.name}/predicted"] == pytest.approx(p.predicted)
+    assert 0.25 <= predicted["ladder_next_line"].predicted <= 1 and predicted["ladder_ppl"].predicted > 0
+    stored = json.loads(artifact.file(TASK_SCORES).read_text())
+    assert len(stored["predictions"]) == len(predicted) and not stored["unpredicted"]
+    assert "| ladder_next_line/acc_norm |" in artifact.file(SUMMARY).read_text()
+
+    # After the target is evaluated: its table against the predictions, one task far off. Advisory by default:
+    # the miss is a reason that does not block; the actual scores join the scaling run.
+    measured = {p.name: Metric(p.predicted, 0.01, p.higher_is_better, 64) for p in first.task_predictions}
+    measured["ladder_ppl/bits_per_byte"] = Metric(predicted["ladder_ppl"].high + 1.0, 0.01, False, 24)
+    scaling = load(ProjectConfig, "tiny", OVERRIDES).scaling
+    check = check_task_scores.fn(workspace, artifact, scaling, measured)
+    assert not check["blocks"] and len(check["lines"]) == len(predicted)
+    assert [reason.split(":")[1].strip() for reason in check["reasons"]] == ["ladder_ppl/bits_per_byte"]
+    required = check_task_scores.fn(workspace, artifact, scaling.model_copy(
+        update={"task_scores": scaling.task_scores.model_copy(update={"gate": "required"})}), measured)
+    assert required["blocks"]
+    assert MlflowClient().get_run(first.mlflow_run_id).data.metrics["task/ladder_ppl/bits_per_byte/actual"] == pytest.approx(
+        measured["ladder_ppl/bits_per_byte"].value)
+
     # Prefect: the fit and its plots are a markdown artifact.
     with get_client(sync_client=True) as client:
         reports = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["scaling-summary"])))
@@ -91,5 +134,5 @@ def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
     # An unchanged rerun is a cache hit: nothing trained or fitted again.
     again = scaling_flow(**kwargs)
     assert again.cached and again.ladder == first.ladder
-    assert again.prediction == prediction
+    assert again.prediction == prediction and again.task_predictions == first.task_predictions
     assert (len(_runs(workspace, "scaling")), len(_runs(workspace, "train"))) == (1, 4)
