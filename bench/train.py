@@ -16,13 +16,17 @@ One run prints:
    shape also ladder with the spike guard off and no checkpoints ("bare") and the guard alone
    ("guard"), so the guard's and the checkpoints' costs show; "guarded" is the default. At both
    shapes also ladder with ``train.compile`` ("compiled"; its compile, about a minute, is in the
-   first interval, which the rate leaves out).
+   first interval, which the rate leaves out), and ladder with ``train.attention: varlen`` ("varlen": no mask,
+   each document attended on its own), also compiled, each guarded as the default and "bare" (the step alone,
+   as the Trainer runs it: no guard, no checkpoints). The Trainer keeps sdpa with the dense mask, as a team
+   would run it.
 3. Attention alone at sequence 512, 1024 and 2048 (bf16, 8 heads of 64, 4096 tokens per call,
    documents of 100-500 tokens), each including the making of its mask from the document ids:
    the dense mask with sdpa (``train.attention: dense``) against FlexAttention over
    ``document_block_mask`` (``flex``), forward only, since torch has no FlexAttention backward
-   on CPU; and dense forward + backward, the cost of a training step's attention here. The
-   first FlexAttention call compiles its kernel (about 30 s, not in the figures).
+   on CPU; and forward + backward, the cost of a training step's attention, dense against
+   varlen (``document_segments`` made from the ids included). The first FlexAttention call
+   compiles its kernel (about 30 s, not in the figures).
 
 Throughput is tokens per CPU second (``time.process_time``, as ``bench/timing.py``), not wall
 time: the machine is shared, and ratios of CPU times measured in the same run are what hold.
@@ -51,7 +55,15 @@ import numpy as np
 import torch
 
 from ladder.config import build
-from models.llama import build_model, causal_lm_loss, count_params, document_block_mask, flops_per_token
+from models.llama import (
+    build_model,
+    causal_lm_loss,
+    count_params,
+    document_block_mask,
+    document_segments,
+    flops_per_token,
+    varlen_attention_forward,
+)
 from tasks.tokenizer.shards import write_packed
 from tasks.train.config import TrainConfig
 from tasks.train.continued import resolve_model_config
@@ -196,7 +208,14 @@ def compare_loops(shape: Shape, peaks: dict[str, float], repeats: int) -> None:
         write_data(root, shape.seq_len, sequences=shape.batch * shape.steps * 2)
         cfg = ladder_config(shape, peak)
         model_cfg = resolve_model_config(cfg, PackedShards(root / "train"))
-        runs = {"ladder guarded": cfg, "ladder compiled": ladder_config(shape, peak, compile=True), "HF Trainer": None}
+        runs = {"ladder guarded": cfg, "ladder compiled": ladder_config(shape, peak, compile=True),
+                "ladder varlen": ladder_config(shape, peak, attention="varlen"),
+                "ladder varlen compiled": ladder_config(shape, peak, attention="varlen", compile=True),
+                "ladder varlen bare": ladder_config(shape, peak, guard=False, checkpoints=False, attention="varlen"),
+                "ladder varlen compiled bare": ladder_config(
+                    shape, peak, guard=False, checkpoints=False, attention="varlen", compile=True
+                ),
+                "HF Trainer": None}
         if shape is SHAPES[0]:
             runs = {"ladder bare": ladder_config(shape, peak, guard=False, checkpoints=False),
                     "ladder guard": ladder_config(shape, peak, checkpoints=False), **runs}
@@ -216,9 +235,9 @@ def compare_loops(shape: Shape, peaks: dict[str, float], repeats: int) -> None:
           f"{params['non_embedding'] / 1e6:.2f}M non-embedding + {params['embedding'] / 1e6:.2f}M embedding parameters, "
           f"{per_token / 1e6:.1f} MFLOP/token; batch {shape.batch} x {shape.seq_len}, {shape.steps} steps; "
           f"ladder's attention: {kernel} (train.attention={cfg.attention})")
-    print(f"{'':16} {'tokens/CPU-s':>12} {'MFU(bf16)':>10} {'MFU(fp32)':>10}")
+    print(f"{'':27} {'tokens/CPU-s':>12} {'MFU(bf16)':>10} {'MFU(fp32)':>10}")
     for name, rate in best.items():
-        print(f"{name:16} {rate:12.0f} {per_token * rate / peaks['bf16']:10.1%} {per_token * rate / peaks['fp32']:10.1%}")
+        print(f"{name:27} {rate:12.0f} {per_token * rate / peaks['bf16']:10.1%} {per_token * rate / peaks['fp32']:10.1%}")
     for name in best:
         if name.startswith("ladder"):
             print(f"ratio {name} / HF Trainer: {best[name] / best['HF Trainer']:.2f}")
@@ -244,7 +263,8 @@ def compare_attention() -> None:
     rng = np.random.default_rng(0)
     print(f"\nattention, bf16, {ATTENTION_HEADS} heads of {HEAD_DIM}, {ATTENTION_TOKENS} tokens per call, documents of "
           "100-500 tokens, mask making included (CPU ms):")
-    print(f"{'seq':>6} {'batch':>6} {'dense fwd':>10} {'flex fwd':>10} {'ratio':>7} {'tiles visited':>14} {'dense fwd+bwd':>14}")
+    print(f"{'seq':>6} {'batch':>6} {'dense fwd':>10} {'flex fwd':>10} {'ratio':>7} {'tiles visited':>14} {'dense fwd+bwd':>14} "
+          f"{'varlen fwd+bwd':>15} {'ratio':>7}")
     for seq_len in ATTENTION_SEQ_LENS:
         batch = ATTENTION_TOKENS // seq_len
         docs = document_ids(batch, seq_len, rng)
@@ -260,14 +280,22 @@ def compare_attention() -> None:
         def dense_step() -> None:
             sdpa(*trained, attn_mask=torch.from_numpy(document_mask(docs))).sum().backward()
 
+        def varlen_step() -> None:
+            out, _ = varlen_attention_forward(
+                None, *trained, None, scaling=HEAD_DIM**-0.5, document_segments=document_segments(docs)
+            )  # (B, T, H, D)
+            out.sum().backward()
+
         torch.testing.assert_close(flex_forward(), dense_forward(), atol=2e-2, rtol=2e-2)  # and warms both up
         dense_step()
+        varlen_step()
         dense_s, _ = best_time(dense_forward, repeat=3)
         flex_s, _ = best_time(flex_forward, repeat=3)
         step_s, _ = best_time(dense_step, repeat=3)
+        varlen_s, _ = best_time(varlen_step, repeat=3)
         visited = 1 - document_block_mask(torch.from_numpy(docs)).sparsity() / 100
         print(f"{seq_len:6} {batch:6} {dense_s * 1e3:10.1f} {flex_s * 1e3:10.1f} {dense_s / flex_s:6.2f}x {visited:13.0%} "
-              f"{step_s * 1e3:14.1f}")
+              f"{step_s * 1e3:14.1f} {varlen_s * 1e3:15.1f} {step_s / varlen_s:6.2f}x")
 
 
 def main() -> None:

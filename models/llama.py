@@ -18,8 +18,10 @@ ladder can size a model without building it; a test holds them equal to the buil
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from ladder.config import Section
@@ -188,6 +190,145 @@ def document_block_mask(doc_ids: torch.Tensor, block_size: int = ATTENTION_BLOCK
     return BlockMask.from_kv_blocks(
         *ordered(visited & ~full), *ordered(full), BLOCK_SIZE=block_size, mask_mod=mask_mod, seq_lengths=(seq_len, seq_len)
     )
+
+
+#: transformers' attention implementation (registered by ``varlen_kernel``) that runs each document on its own
+#: and takes ``document_segments`` (a ``DocumentSegments``) instead of a mask.
+VARLEN_KERNEL = "ladder_varlen"
+#: Bucket granularity of ``document_segments``: documents are padded to a multiple of this many tokens. At
+#: bench/train.py's larger shape (4 x 512 tokens, 8 heads of 64, documents of 20-300 tokens) attention forward +
+#: backward took 29 ms with 64 against 46 ms with powers of two (a 257-token document padded to 512) and 40 ms with
+#: 16 (more, smaller calls), one CPU thread.
+BUCKET_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class DocumentSegments:
+    """Where each document of a packed (B, T) batch lies, grouped into buckets of padded length.
+
+    ``gather[i]`` (n_i, L_i): the flat positions (``b * T + t``) of bucket i's documents, one per
+    row, right-padded to L_i by repeating the document's last position. ``scatter`` (B * T,):
+    each token's place among all buckets' padded positions laid end to end.
+    """
+
+    gather: tuple[torch.Tensor, ...]
+    scatter: torch.Tensor
+
+    def to(self, device: torch.device | str | None) -> DocumentSegments:
+        """The same segments on ``device``."""
+        return DocumentSegments(
+            tuple(idx.to(device, non_blocking=True) for idx in self.gather), self.scatter.to(device, non_blocking=True)
+        )
+
+
+def document_segments(doc_ids: np.ndarray, bucket_tokens: int = BUCKET_TOKENS) -> DocumentSegments:
+    """The ``DocumentSegments`` of packed rows ``doc_ids`` (B, T): each token's document, -1 for padding.
+
+    A document is a run of equal ids in a row; the padding at a row's end is one more, so that
+    it attends only to padding, as in the dense mask. Documents are bucketed by length rounded
+    up to a multiple of ``bucket_tokens`` (at most T): a batch makes at most T / bucket_tokens
+    attention calls, not one per document, and pads no document by more than bucket_tokens - 1.
+    """
+    import torch
+
+    batch, seq_len = doc_ids.shape
+    starts = np.ones((batch, seq_len), dtype=bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = np.flatnonzero(starts)  # flat start of every document, in row order
+    lengths = np.diff(np.append(first, batch * seq_len))
+    buckets = np.minimum(-(-lengths // bucket_tokens) * bucket_tokens, seq_len)
+    gather, scatter, offset = [], np.empty(batch * seq_len, dtype=np.int64), 0
+    for size in np.unique(buckets):
+        docs = np.flatnonzero(buckets == size)
+        step = np.arange(size)
+        gather.append(torch.from_numpy(first[docs, None] + np.minimum(step, lengths[docs, None] - 1)))  # (n, L)
+        real = step < lengths[docs, None]  # (n, L)
+        scatter[(first[docs, None] + step)[real]] = offset + np.flatnonzero(real)
+        offset += docs.size * size
+    return DocumentSegments(tuple(gather), torch.from_numpy(scatter))
+
+
+def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal softmax attention, query (N, H, L, D), key and value (N, H_kv, L, D) -> (N, H, L, D).
+
+    On a GPU, sdpa's fused kernel. On CPU, the product written out: the causal bias added by
+    the score matmul itself (baddbmm) and the softmax in the scores' dtype (the CPU kernel
+    accumulates bf16 in fp32). At L <= 512, D = 64 its forward + backward took a quarter to a
+    half of the time of sdpa's CPU flash kernel, whose backward is slow, and half of HF eager's
+    form (a separate mask op and fp32 copies of the scores) (torch 2.13, one thread). Grouped-query
+    heads share their key-value head through a reshape, not a copy: head h reads key head
+    h // (H / H_kv), as transformers' ``repeat_kv`` lays them out.
+    """
+    import torch
+
+    if query.device.type != "cpu":
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scale, enable_gqa=key.shape[1] != query.shape[1]
+        )
+    docs, heads, size, head_dim = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    future = torch.ones(size, size, dtype=torch.bool, device=query.device).triu(1)
+    bias = torch.zeros(size, size, dtype=query.dtype, device=query.device).masked_fill_(future, float("-inf"))
+    grouped = (query * scale).reshape(docs * kv_heads, group * size, head_dim)  # a group's queries, one after another
+    scores = torch.baddbmm(bias.repeat(group, 1), grouped, key.reshape(docs * kv_heads, size, head_dim).transpose(1, 2))
+    out = scores.softmax(-1) @ value.reshape(docs * kv_heads, size, head_dim)  # (N * H_kv, group * L, D)
+    return out.view(docs, heads, size, head_dim)
+
+
+def varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    scaling: float,
+    dropout: float = 0.0,
+    document_segments: DocumentSegments | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """Attention within each document, called as transformers calls its attention functions.
+
+    query (B, H, T, D), key and value (B, H_kv, T, D); returns (B, T, H, D). Each bucket of
+    documents is one ``causal_attention`` call with no mask, so the work grows with the
+    documents' lengths squared, not T^2, and no (B, 1, T, T) mask is made. Right padding needs
+    no mask: a causal query never sees the keys after it.
+    """
+    import torch
+
+    if document_segments is None:
+        raise ValueError(f"attention {VARLEN_KERNEL!r} needs document_segments=document_segments(doc_ids) in the forward")
+    if dropout:
+        raise ValueError(f"attention {VARLEN_KERNEL!r} has no attention dropout: set the model's attention_dropout to 0")
+    batch, heads, seq_len, head_dim = query.shape
+
+    def tokens(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(batch * seq_len, x.shape[1], head_dim)  # (B * T, heads, D)
+
+    q, k, v = tokens(query), tokens(key), tokens(value)
+    outputs = []
+    for idx in document_segments.gather:
+        docs, size = idx.shape
+        # index_select, not x[idx]: its backward is index_add, several times faster on CPU than indexing's.
+        docs_qkv = (x.index_select(0, idx.view(-1)).view(docs, size, x.shape[1], head_dim).transpose(1, 2) for x in (q, k, v))
+        out = causal_attention(*docs_qkv, scaling)  # (n, H, L, D)
+        outputs.append(out.transpose(1, 2).reshape(docs * size, heads, head_dim))
+    out = torch.cat(outputs).index_select(0, document_segments.scatter)  # (B * T, H, D)
+    return out.view(batch, seq_len, heads, head_dim), None
+
+
+def varlen_kernel() -> str:
+    """Register ``varlen_attention_forward`` with transformers (again is harmless) and return its name.
+
+    Under ``torch.compile`` it runs eagerly, between compiled graphs of the rest of each layer:
+    its bucket shapes change with every batch, and compiled they would recompile every step.
+    """
+    import torch
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN_KERNEL, torch.compiler.disable(varlen_attention_forward))
+    return VARLEN_KERNEL
 
 
 def causal_lm_loss(

@@ -146,13 +146,16 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16"] = Field(
         "bf16", description="bf16: autocast matmuls to bfloat16 over fp32 weights and optimizer state (CPU and GPU); fp32: none."
     )
-    attention: Literal["auto", "dense", "flex"] = Field(
+    attention: Literal["auto", "dense", "flex", "varlen"] = Field(
         "auto",
         description="How packed documents are kept apart. dense: a (B, 1, T, T) mask for model.attn_implementation, "
         "whose memory grows with T^2 whatever the documents; flex: a block-sparse document mask (128-token tiles) run "
         "by PyTorch FlexAttention, which skips the tiles no document spans (training needs a GPU: torch has no "
-        "FlexAttention backward on CPU; its first call compiles for about 30 s). auto: flex on a GPU, dense on a CPU, "
-        "where sdpa's kernel with the dense mask is as fast as any uncompiled sparse one up to 2048 tokens (bench/train.py).",
+        "FlexAttention backward on CPU; its first call compiles for about 30 s); varlen: no mask, each document "
+        "attended on its own, documents of like length batched together (models.llama.varlen_attention_forward), "
+        "work growing with the documents' lengths squared; on CPU its bf16 steps were 1.1-1.4x as fast as dense's "
+        "at bench/train.py's shapes and the tiny profile's, its fp32 steps 0.9x at the tiny profile's (7 heads of 16), "
+        "with the same loss curve to float rounding. auto: flex on a GPU, dense on a CPU.",
     )
     compile: bool = Field(
         False,

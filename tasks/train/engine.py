@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from models.llama import causal_lm_loss
+from models.llama import causal_lm_loss, varlen_kernel
 from tasks.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -157,6 +157,8 @@ def attention_kernel(choice: str, device: torch.device, dense_kernel: str) -> st
             "train.attention=flex trains on a GPU only: torch has no FlexAttention backward on CPU. "
             "Use train.attention=dense or auto on this machine"
         )
+    if choice == "varlen":
+        return varlen_kernel()
     return "flex_attention" if choice == "flex" else dense_kernel
 
 

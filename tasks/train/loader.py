@@ -10,8 +10,9 @@ on, which is what ``skip`` and the spike guard's evidence refer to.
 
 Each batch carries what the model needs so that attention is causal *and* block-diagonal per
 document: position ids that restart at every document, each token's document (from which
-``model_inputs`` makes the mask the model's kernel takes: a block-sparse ``BlockMask``, or a
-boolean (B, 1, T, T) mask only for the dense kernels), and labels that never ask a document's
+``model_inputs`` makes what the model's kernel takes: a block-sparse ``BlockMask``, where each
+document lies for the varlen kernel, or a boolean (B, 1, T, T) mask only for the dense
+kernels), and labels that never ask a document's
 first token to be predicted from the document before it. Everything is derived from the
 shards' ``doc_index`` with array operations, no token loops.
 """
@@ -25,7 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.llama import BLOCK_MASK_KERNELS, IGNORE_INDEX, attention_mask_for, document_block_mask
+from models.llama import (
+    BLOCK_MASK_KERNELS,
+    IGNORE_INDEX,
+    VARLEN_KERNEL,
+    attention_mask_for,
+    document_block_mask,
+    document_segments,
+)
 from tasks.train.shards import PackedShards
 
 
@@ -68,16 +76,19 @@ class Batch:
     ) -> dict[str, Any]:
         """Keyword arguments for the model's forward, the mask in the form the kernel honours:
         a block-sparse ``BlockMask`` for FlexAttention (made on the host, where reading the
-        document ids costs no sync, then moved), else the dense mask."""
+        document ids costs no sync, then moved), where each document lies for the varlen
+        kernel (no mask), else the dense mask."""
+        inputs: dict[str, Any] = {
+            "input_ids": self.input_ids.to(device, non_blocking=True),
+            "position_ids": self.position_ids.to(device, non_blocking=True),
+        }
+        if attn_implementation == VARLEN_KERNEL:
+            return {**inputs, "document_segments": document_segments(self.doc_index).to(device)}
         if attn_implementation in BLOCK_MASK_KERNELS:
             mask = document_block_mask(torch.from_numpy(self.doc_index)).to(device or "cpu")
         else:
             mask = attention_mask_for(self.attention_mask.to(device, non_blocking=True), attn_implementation, dtype)
-        return {
-            "input_ids": self.input_ids.to(device, non_blocking=True),
-            "position_ids": self.position_ids.to(device, non_blocking=True),
-            "attention_mask": mask,
-        }
+        return {**inputs, "attention_mask": mask}
 
 
 def document_mask(doc_index: np.ndarray) -> np.ndarray:

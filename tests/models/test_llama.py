@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,9 @@ from models.llama import (
     causal_lm_loss,
     count_params,
     document_block_mask,
+    document_segments,
     flops_per_token,
+    varlen_kernel,
 )
 
 VOCAB = 97
@@ -170,3 +173,64 @@ def test_document_block_mask_is_the_dense_mask_in_tiles() -> None:
 def test_document_block_mask_needs_contiguous_documents() -> None:
     with pytest.raises(ValueError, match="ascend"):
         document_block_mask(torch.tensor([[0, 0, 1, 1, 0, 0, 2, 2]]), block_size=4)
+
+
+def _packed_doc_ids(batch: int, seq_len: int, seed: int) -> np.ndarray:
+    """(B, T) ids of rows packed with documents of 1-90 tokens, padding (-1) at some rows' ends."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for b in range(batch):
+        ids = np.repeat(np.arange(seq_len), rng.integers(1, 90, seq_len))[:seq_len] + 1000 * b
+        ids[seq_len - int(rng.integers(0, 20)) :] = -1
+        rows.append(ids)
+    return np.stack(rows)
+
+
+def test_document_segments_put_every_token_back_where_it_was() -> None:
+    docs = np.array([[0] * 5 + [1] * 20 + [2] * 15, [7] * 9 + [8] * 24 + [-1] * 7])
+    segments = document_segments(docs, bucket_tokens=8)
+    # Lengths 5, 20, 15 and 9, 24, 7 (the padding): buckets of 8, 16 and 24 tokens, two documents
+    # each, every one padded with its own last position.
+    assert [tuple(idx.shape) for idx in segments.gather] == [(2, 8), (2, 16), (2, 24)]
+    assert segments.gather[0].tolist() == [[0, 1, 2, 3, 4, 4, 4, 4], [73, 74, 75, 76, 77, 78, 79, 79]]
+    # Gathering every bucket and laying them end to end, then scattering, is the identity.
+    positions = torch.arange(docs.size)
+    padded = torch.cat([positions[idx].view(-1) for idx in segments.gather])
+    assert torch.equal(padded[segments.scatter], positions)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
+def test_varlen_attention_matches_the_dense_mask(qk_norm: bool, n_kv_heads: int) -> None:
+    """The same logits and gradients as sdpa with the dense document mask, GQA included."""
+    batch, seq_len = 3, 150
+    cfg = ModelConfig(vocab_size=VOCAB, d_model=64, n_heads=4, n_kv_heads=n_kv_heads, qk_norm=qk_norm, max_seq_len=seq_len)
+    docs = _packed_doc_ids(batch, seq_len, seed=n_kv_heads)
+    input_ids = torch.randint(0, VOCAB, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    starts = np.ones_like(docs, dtype=bool)
+    starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
+    t = np.arange(seq_len)
+    position_ids = torch.from_numpy(t - np.maximum.accumulate(np.where(starts, t, 0), axis=1))
+    dense_mask = torch.from_numpy((docs[:, :, None] == docs[:, None, :]) & np.tril(np.ones((seq_len, seq_len), bool)))
+    runs = {
+        "sdpa": {"attention_mask": dense_mask[:, None]},
+        varlen_kernel(): {"document_segments": document_segments(docs, bucket_tokens=16)},
+    }
+    logits, grads = {}, {}
+    for kernel, mask_inputs in runs.items():
+        model = build_model(cfg, seed=0)
+        model.set_attn_implementation(kernel)
+        logits[kernel] = model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **mask_inputs).logits
+        logits[kernel].square().mean().backward()
+        grads[kernel] = {name: p.grad for name, p in model.named_parameters()}
+    assert len(runs[varlen_kernel()]["document_segments"].gather) > 2  # several buckets, padding within them
+    torch.testing.assert_close(logits[varlen_kernel()], logits["sdpa"], rtol=1e-5, atol=1e-5)
+    for name, grad in grads["sdpa"].items():
+        torch.testing.assert_close(grads[varlen_kernel()][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_varlen_attention_without_segments_says_what_it_needs() -> None:
+    model = build_model(ModelConfig(vocab_size=VOCAB), seed=0)
+    model.set_attn_implementation(varlen_kernel())
+    with pytest.raises(ValueError, match="document_segments"):
+        model(input_ids=torch.zeros(1, 4, dtype=torch.long))
