@@ -26,7 +26,19 @@ from ladder.workspace import Workspace
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 services_app = typer.Typer(help="Start, stop and show the local Prefect and MLflow servers.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
-console = Console()
+
+
+def _console(file: Any = None) -> Console:
+    """A Rich console on ``file`` (stdout by default), 120 columns wide off a terminal.
+
+    Off a terminal (make, CI logs) Rich wraps everything at 80 columns, and the run's summary
+    takes twice the lines it needs.
+    """
+    shown = Console(file=file)
+    return shown if shown.is_terminal else Console(file=file, width=120)
+
+
+console = _console()
 
 Profile = Annotated[str, typer.Option("--profile", "-p", help="Profile name (e.g. tiny) or path to a YAML file.")]
 Overrides = Annotated[
@@ -312,7 +324,7 @@ def run(
     output = nullcontext(None) if verbose else progress.logged_to(log_file)
     try:
         with output as terminal:
-            shown = console if terminal is None else Console(file=terminal)
+            shown = console if terminal is None else _console(terminal)
             bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=shown)
             try:
                 with bar, progress.showing(_RichDisplay(bar)):

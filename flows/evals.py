@@ -16,6 +16,7 @@ from tasks.evals.gate import ScalingGate, check_policy
 from tasks.evals.registry import PROMOTED, REJECTED
 from tasks.evals.runner import Scores, evaluate_checkpoint
 from tasks.evals.stage import (
+    TaskPredictions,
     Verdict,
     collect_lineage,
     earlier_verdict,
@@ -48,6 +49,7 @@ def evals_flow(
     lineage: dict[str, ArtifactRef] | None = None,
     scaling_gate: ScalingGate | None = None,
     base: Scores | None = None,
+    task_predictions: TaskPredictions | None = None,
 ) -> Verdict:
     """Evaluate a checkpoint, gate it against the champion, and register it as a new version.
 
@@ -64,7 +66,8 @@ def evals_flow(
     ``scaling_gate`` is the scaling-law gate's outcome on the target (a deployment's JSON form of it
     is checked the same way), judged under this policy's ``scaling_gate`` mode; ``base`` is the base
     model of an aligned candidate scored on the same suite (table and per-item results), which
-    its alignment tax is paired against.
+    its alignment tax is paired against; ``task_predictions`` are the ladder's predictions of the
+    candidate's task scores (for the target the ladder was fitted for), each a check of the gate.
 
     Returns the :class:`~tasks.evals.stage.Verdict`: decision (promoted or rejected), reasons,
     version, alias, metrics, eval run and what the candidate was compared with.
@@ -78,7 +81,7 @@ def evals_flow(
     candidate = resolve_candidate(ws, model, model_dir, training_run_id)
     suite = build_suite(ws, cfg.suite, dataset)
     check_policy(cfg.gate, suite.metrics)
-    inputs = judged_inputs(candidate, suite, cfg, base, scaling)
+    inputs = judged_inputs(candidate, suite, cfg, base, scaling, task_predictions)
     earlier = earlier_verdict(cfg.registered_model, inputs, suite)
     if earlier is not None:
         progress.finish("evals", shown(earlier))
@@ -95,7 +98,7 @@ def evals_flow(
         "training run": candidate.training_run_id or "unknown",
     }
     judge = partial(judge_against, cfg=cfg, suite=suite, table=evaluation.table, base=base, scaling_gate=scaling,
-                    eval_run_id=eval_run_id, facts=facts)
+                    task_predictions=task_predictions, eval_run_id=eval_run_id, facts=facts)
     judgement, alias = judge_and_record(cfg.registered_model, version, inputs, judge)
     decision, champion = judgement.decision, judgement.champion
     summary = verdict(

@@ -31,8 +31,10 @@ from ladder.workspace import Workspace
 from tasks.align.report import ACCURACY
 from tasks.data.dataset import resolve_dataset
 from tasks.evals.gate import scaling_outcome
+from tasks.evals.runner import table_from_rows
+from tasks.evals.stage import TaskPredictions
 from tasks.scaling.plots import fidelity_line
-from tasks.scaling.stage import stored_fidelity, target_gate
+from tasks.scaling.stage import check_task_scores, stored_fidelity, target_gate
 
 
 class GateStopped(ValueError):
@@ -69,12 +71,17 @@ def pipeline_flow(
     fitted = scaling_flow(**common, tokenized=tok.tokenized)
     target = train_flow(**common, tokenized=tok.tokenized)
     ladder_artifact = ws.store().get(fitted.ladder)
-    scaling = target_gate(ws, ladder_artifact, cfg.scaling, target.final_val_loss)
+    scaling = target_gate(ws, ladder_artifact, cfg.scaling, target.final_val_loss, target.final_val_loss_stderr)
     scaling_release = scaling_outcome(scaling, cfg.evals.gate)
     if scaling_release.blocks:
         raise GateStopped("stopped before alignment by the scaling-law gate: " + "; ".join(scaling_release.reasons))
     ladder = {"scaling": fitted.ladder}
-    base = evals_flow(**common, model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release)
+    predicted = TaskPredictions(list(fitted.task_predictions), cfg.scaling.task_scores.gate)
+    base = evals_flow(
+        **common, model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release,
+        task_predictions=predicted if fitted.task_predictions else None,
+    )
+    task_scores = check_task_scores(ws, ladder_artifact, cfg.scaling, table_from_rows(base.metrics))
     aligned = align_flow(**common, base_model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release)
     documents = dataset.info["counts"]["documents"]
     quarantined = Counter(documents["quarantined"])
@@ -89,9 +96,12 @@ def pipeline_flow(
         ),
         "ladder self-check error (top rung)": f"{fitted.self_check_rel_error:+.2%}",
         "target prediction": f"{fitted.prediction['loss']:.4f} [{fitted.prediction['low']:.4f}, {fitted.prediction['high']:.4f}]",
-        "target actual": f"{target.final_val_loss:.4f}",
+        "target actual": f"{target.final_val_loss:.4f}" + (
+            "" if target.final_val_loss_stderr is None else f" ± {target.final_val_loss_stderr:.4f} (standard error)"
+        ),
         "scaling gate": f"{scaling_release.status} ({scaling['rel_error']:+.2%})",
         "ladder fidelity": "\n".join(fidelity_line(row) for row in stored_fidelity(ladder_artifact, target.final_val_loss)),
+        "task scores, predicted vs actual": "\n".join(task_scores["lines"]) or "not predicted (scaling.task_scores.enabled=false)",
         "base model gate": base.line(),
         "held-out task score (base / SFT / DPO)": " / ".join(f"{row[ACCURACY]:.4f}" for row in aligned.table),
         "alignment": f"reward margin {aligned.reward_margin:+.4f}, within tax bound: {aligned.passed_tax_bound}",

@@ -24,6 +24,7 @@ or advisory by policy), so a report never shows a waived failure as a plain pass
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ POWER = "power"
 GATE_PLOT = "gate_differences.png"
 ALIGNMENT_TAX = "alignment_tax"
 SCALING = "scaling_prediction"
+TASK_PREDICTION = "task_prediction"
 
 # The scaling-law gate's outcomes, as the release gate and the registry record them.
 PASSED = "passed"
@@ -312,11 +314,13 @@ def judge(
     champion: Scores | None = None,
     base: Scores | None = None,
     scaling_gate: ScalingGate | None = None,
+    task_predictions: Sequence[Check] = (),
 ) -> Decision:
     """Apply every rule of ``policy``; the first candidate (no champion) faces the floors only.
 
     ``base`` is an aligned candidate's base model, scored on the same suite: its tax is paired
-    item by item, like a regression.
+    item by item, like a regression. ``task_predictions`` are the checks of a target's measured
+    task scores against the ladder's predictions (``tasks.evals.stage.task_prediction_checks``).
     """
     table = candidate.table
     checks = [floor_check(table, name, bound) for name, bound in sorted(policy.floors.items())]
@@ -332,6 +336,7 @@ def judge(
         comparisons += taxes
     if scaling_gate is not None:
         checks.append(scaling_check(scaling_gate, policy.scaling_gate))
+    checks += task_predictions
     return Decision(all(c.passed for c in checks), checks, comparisons)
 
 
@@ -342,9 +347,10 @@ def gate(
     champion: Scores | None,
     base: Scores | None,
     scaling_gate: ScalingGate | None,
+    task_predictions: Sequence[Check] = (),
 ) -> Decision:
     """Prefect task around :func:`judge`."""
-    return judge(candidate, policy, champion, base, scaling_gate)
+    return judge(candidate, policy, champion, base, scaling_gate, task_predictions)
 
 
 def _cell(metric: Metric | None) -> str:

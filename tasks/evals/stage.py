@@ -21,10 +21,21 @@ from ladder.tracking import producing_run, stage_run
 from ladder.workspace import Workspace
 from tasks.evals import lineage, registry
 from tasks.evals.config import EvalConfig, RunConfig
-from tasks.evals.gate import GATE_PLOT, Decision, ScalingGate, comparisons_figure, gate, report_markdown
+from tasks.evals.gate import (
+    ADVISORY,
+    GATE_PLOT,
+    TASK_PREDICTION,
+    Check,
+    Decision,
+    ScalingGate,
+    comparisons_figure,
+    gate,
+    report_markdown,
+)
 from tasks.evals.runner import Evaluation, MetricTable, Scores, run_lm_eval, table_rows, table_to_dict
 from tasks.evals.stats import ItemResults, item_results_from_dict, item_results_to_dict
 from tasks.evals.suite import DROPPED, ITEMS_DIR, SUITE_JSON, Suite
+from tasks.scaling.task_scores import TaskPrediction, compare_task_scores, task_score_line
 from tasks.train.stage import MODEL_DIR as TRAIN_MODEL_DIR, STAGE as TRAIN_STAGE, TrainedModel
 STAGE = "evals"
 GATE_REPORT = "gate_report.md"
@@ -56,7 +67,8 @@ def weights_sha256(model_dir: Path) -> str:
 
 
 def judged_inputs(
-    candidate: Candidate, suite: Suite, cfg: EvalConfig, base: Scores | None, scaling_gate: ScalingGate | None
+    candidate: Candidate, suite: Suite, cfg: EvalConfig, base: Scores | None, scaling_gate: ScalingGate | None,
+    task_predictions: TaskPredictions | None = None,
 ) -> str:
     """A hash of what a gate decision depends on besides the champion: the weights, the suite, how they are run and judged.
 
@@ -67,7 +79,33 @@ def judged_inputs(
         "gate": cfg.gate.model_dump(),
         "base": None if base is None else {"table": table_rows(base.table), "items": item_results_to_dict(base.items)},
         "scaling_gate": None if scaling_gate is None else scaling_gate.to_dict(),
+        "task_predictions": None if task_predictions is None else task_predictions.to_dict(),
     })
+
+
+@dataclass(frozen=True)
+class TaskPredictions:
+    """The ladder's predictions of a target's eval-task scores, and what a miss does (``scaling.task_scores.gate``)."""
+
+    predictions: list[TaskPrediction]
+    mode: str = "advisory"  # a score outside its interval: advisory reports it, required fails the gate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"predictions": [p.to_dict() for p in self.predictions], "mode": self.mode}
+
+    def checks(self, table: MetricTable) -> list[Check]:
+        """One check per predicted task: the measured score inside the prediction's interval (widened by
+        its own standard error), or a miss, which fails under ``required`` and is advisory otherwise."""
+        checks = []
+        for row in compare_task_scores(self.predictions, table):
+            line = task_score_line(row).removeprefix(f"{row.prediction.name}: ")
+            if row.inside is not False:
+                checks.append(Check(TASK_PREDICTION, row.prediction.name, True, line))
+            elif self.mode == "required":
+                checks.append(Check(TASK_PREDICTION, row.prediction.name, False, line))
+            else:
+                checks.append(Check(TASK_PREDICTION, row.prediction.name, True, line, ADVISORY))
+        return checks
 
 
 @dataclass(frozen=True)
@@ -346,6 +384,7 @@ class Judgement:
 def judge_against(
     champion: str | None, *, cfg: EvalConfig, suite: Suite, table: MetricTable, base: Scores | None,
     scaling_gate: ScalingGate | None, eval_run_id: str, facts: dict[str, str],
+    task_predictions: TaskPredictions | None = None,
 ) -> Judgement:
     """Score champion version ``champion`` on the suite, apply the release gate to ``table``, publish the report.
 
@@ -355,7 +394,10 @@ def judge_against(
     items = stored_items(eval_run_id)
     if items is None:
         raise ValueError(f"eval run {eval_run_id} holds no {PER_ITEM}: log the evaluation (log_evaluation) before judging it")
-    decision = gate(Scores(table, items), cfg.gate, Scores(scores.table, scores.items) if scores else None, base, scaling_gate)
+    decision = gate(
+        Scores(table, items), cfg.gate, Scores(scores.table, scores.items) if scores else None, base, scaling_gate,
+        task_predictions.checks(table) if task_predictions else (),
+    )
     shown = {**facts, "compared with": scores.note if scores else "no champion yet"}
     return Judgement(scores, decision, publish_report(eval_run_id, decision, shown, table, cfg, scores, base))
 

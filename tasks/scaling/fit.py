@@ -30,8 +30,10 @@ set share of its value) is named as unidentified instead of reported as fitted.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -632,8 +634,15 @@ def gate(
     *,
     limits_policy: str = "widen",
     widen_factor: float = 2.0,
+    actual_stderr: float | None = None,
 ) -> GateDecision:
     """Pass when the actual loss is inside the prediction's interval or within ``rel_tolerance``.
+
+    The prediction's interval is for the loss itself; the actual is a validation loss measured on
+    finitely many sequences, with its own standard error ``actual_stderr``. The two add in
+    quadrature: the interval the actual is held to is each side's half-width combined with
+    z x stderr at the prediction's confidence, and the reasons say whether the miss is larger
+    than the validation loss's own noise.
 
     A prediction with ``limits`` (outside the law's validity, or resting on unidentified
     parameters) is held to an interval and tolerance ``widen_factor`` times wider under
@@ -651,11 +660,14 @@ def gate(
         raise ValueError(f"actual loss must be positive, got {actual}: pass the target run's validation loss")
     rel_error = actual / prediction.loss - 1
     factor = widen_factor if prediction.limits and limits_policy == "widen" else 1.0
-    low = prediction.loss - factor * (prediction.loss - prediction.low)
-    high = prediction.loss + factor * (prediction.high - prediction.loss)
+    z = NormalDist().inv_cdf((1 + prediction.confidence) / 2)
+    noise = 0.0 if actual_stderr is None else z * actual_stderr
+    low = prediction.loss - math.hypot(factor * (prediction.loss - prediction.low), noise)
+    high = prediction.loss + math.hypot(factor * (prediction.high - prediction.loss), noise)
     tolerance = factor * rel_tolerance
     widened = f" (widened x{factor:g})" if factor != 1 else ""
-    interval = f"{prediction.confidence:.0%} interval{widened} [{low:.4f}, {high:.4f}]"
+    with_noise = f" with the validation loss's noise ±{noise:.4f}" if actual_stderr is not None else ""
+    interval = f"{prediction.confidence:.0%} interval{widened}{with_noise} [{low:.4f}, {high:.4f}]"
     inside = low <= actual <= high
     close = abs(rel_error) <= tolerance
     reasons = [
@@ -663,6 +675,12 @@ def gate(
         f"of the predicted {prediction.loss:.4f}",
         f"relative error {rel_error:+.2%} is {'within' if close else 'beyond'} the tolerance{widened} {tolerance:.2%}",
     ]
+    if actual_stderr is not None:
+        miss = abs(actual - prediction.loss)
+        reasons.append(
+            f"the miss {miss:.4f} is {'within' if miss <= noise else 'beyond'} the validation loss's own noise "
+            f"(±{noise:.4f}: {z:.2f} x its standard error {actual_stderr:.4f} over the validation sequences)"
+        )
     refused = bool(prediction.limits) and limits_policy == "refuse"
     if prediction.limits:
         action = "refuses to pass it" if refused else f"widens the interval and tolerance x{factor:g}"

@@ -410,14 +410,11 @@ def compare_task_scores(predictions: Sequence[TaskPrediction], measured: MetricT
 
 
 def task_score_line(row: TaskComparison) -> str:
-    """One task in a line for the run summary: predicted, interval, actual, error, and whether it landed inside."""
+    """One task in a short line for the run summary: predicted with its interval, actual, and whether it landed inside."""
     p = row.prediction
-    if row.actual is None:
-        actual = "actual not measured"
-    else:
-        actual = f"actual {row.actual:.4f} ({row.error:+.4f}, {'inside' if row.inside else 'OUTSIDE'})"
+    actual = "not measured" if row.actual is None else f"{row.actual:.3f} ({'inside' if row.inside else 'OUTSIDE'})"
     limits = f", {len(p.limits)} limit(s)" if p.limits else ""
-    return f"{p.name}: predicted {p.predicted:.4f} [{row.low:.4f}, {row.high:.4f}], {actual}{limits}"
+    return f"{p.name}: predicted {p.predicted:.3f} [{row.low:.3f}, {row.high:.3f}], actual {actual}{limits}"
 
 
 @dataclass(frozen=True)

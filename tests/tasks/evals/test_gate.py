@@ -22,6 +22,7 @@ from tasks.evals.gate import (
     POWER,
     REGRESSION,
     SCALING,
+    TASK_PREDICTION,
     ScalingGate,
     comparisons_figure,
     judge,
@@ -29,6 +30,8 @@ from tasks.evals.gate import (
     scaling_outcome,
 )
 from tasks.evals.runner import Metric, Scores
+from tasks.evals.stage import TaskPredictions
+from tasks.scaling.task_scores import SelfCheck, TaskPrediction
 from tasks.evals.stats import ItemScores, ratio_metric
 
 POLICY = GatePolicy(
@@ -206,6 +209,22 @@ def test_the_pipeline_stops_only_at_a_miss_the_policy_requires_and_nobody_overro
     assert advisory.to_dict() == {"status": ADVISORY, "reasons": ["relative error +12.00% is beyond the tolerance"],
                                   "override_reason": "", "prediction": {"loss": 2.8, "low": 2.7, "high": 2.9}}
     assert evals_flow.validate_parameters({"scaling_gate": advisory.to_dict()})["scaling_gate"] == advisory
+
+
+def test_a_task_score_outside_its_predicted_interval_is_advisory_unless_required() -> None:
+    check = SelfCheck(predicted=0.5, low=0.45, high=0.55, actual=0.52)
+    predicted = TaskPrediction("cloze", "acc", 0.62, 0.58, 0.66, 0.9, True, 1.1, {}, 32, check)
+    missed, met = scores(2.0, 0.40), scores(2.0, 0.61)
+    advisory = judge(missed, POLICY, task_predictions=TaskPredictions([predicted]).checks(missed.table))
+    assert advisory.passed
+    (line,) = [r for r in advisory.reasons if TASK_PREDICTION in r]
+    assert line.startswith(f"ADVISORY {TASK_PREDICTION} cloze/acc: predicted 0.620 [")
+    assert "actual 0.400 (OUTSIDE)" in line
+    required = judge(missed, POLICY, task_predictions=TaskPredictions([predicted], "required").checks(missed.table))
+    assert failed(required) == {(TASK_PREDICTION, "cloze/acc")}
+    # inside the interval widened by the measured score's own standard error: a pass under either mode
+    inside = judge(met, POLICY, task_predictions=TaskPredictions([predicted], "required").checks(met.table))
+    assert inside.passed and any(r.startswith(f"PASS {TASK_PREDICTION} cloze/acc") and "(inside)" in r for r in inside.reasons)
 
 
 def test_report_names_the_outcome_every_reason_and_the_policy(tmp_path: Path) -> None:

@@ -134,6 +134,22 @@ def test_gate_passes_inside_the_interval_and_fails_a_miss():
         gate(prediction, 2.0, rel_tolerance=-0.1)
 
 
+def test_gate_holds_the_actual_to_the_interval_widened_by_the_validation_losss_own_noise():
+    prediction = Prediction(
+        n_params=7e10, n_tokens=1.4e12, loss=2.0, low=1.95, high=2.05, confidence=0.95, effective_tokens=1.4e12
+    )
+    # 0.08 above: outside the prediction's interval, but the validation loss is only known to
+    # +-1.96 x 0.045 = +-0.088; in quadrature with the interval's 0.05 that is +-0.101.
+    noisy = gate(prediction, 2.08, rel_tolerance=0.0, actual_stderr=0.045)
+    assert noisy.passed and not gate(prediction, 2.08, rel_tolerance=0.0).passed
+    assert noisy.reasons[0].startswith("actual loss 2.0800 is inside the 95% interval with the validation loss's noise ±0.0882")
+    assert "[1.8986, 2.1014]" in noisy.reasons[0]
+    assert noisy.reasons[2].startswith("the miss 0.0800 is within the validation loss's own noise (±0.0882")
+    # a precise validation loss leaves the interval as it was, and says the miss is real
+    precise = gate(prediction, 2.08, rel_tolerance=0.0, actual_stderr=0.001)
+    assert not precise.passed and "beyond the validation loss's own noise" in precise.reasons[2]
+
+
 def test_gate_on_a_fitted_prediction_fails_when_the_target_misses(noisy):
     n, d, loss, fit = noisy
     prediction = predict(fit, *TARGET, bootstrap(n, d, loss, 10, seed=0, fit=fit))
