@@ -29,13 +29,13 @@ app.add_typer(services_app, name="services")
 
 
 def _console(file: Any = None) -> Console:
-    """A Rich console on ``file`` (stdout by default), 120 columns wide off a terminal.
+    """A Rich console on ``file`` (stdout by default), 140 columns wide off a terminal.
 
     Off a terminal (make, CI logs) Rich wraps everything at 80 columns, and the run's summary
     takes twice the lines it needs.
     """
     shown = Console(file=file)
-    return shown if shown.is_terminal else Console(file=file, width=120)
+    return shown if shown.is_terminal else Console(file=file, width=140)
 
 
 console = _console()

@@ -438,7 +438,7 @@ def report_markdown(
             "",
             *(["## Paired comparisons with the champion and the base model", "",
                "Worsening is positive; the interval and detectable effect are at the policy's confidence and power "
-               f"(as a picture: {GATE_PLOT} in the eval run).", "",
+               f"(as a picture: {GATE_PLOT} in the eval run, and below in the Prefect report).", "",
                comparisons_markdown(decision.comparisons), ""] if decision.comparisons else []),
             "## Eval table",
             "",

@@ -35,6 +35,7 @@ from tasks.evals.gate import (
 from tasks.evals.runner import Evaluation, MetricTable, Scores, run_lm_eval, table_rows, table_to_dict
 from tasks.evals.stats import ItemResults, item_results_from_dict, item_results_to_dict
 from tasks.evals.suite import DROPPED, ITEMS_DIR, SUITE_JSON, Suite
+from tasks.scaling.plots import png_markdown, write_png
 from tasks.scaling.task_scores import TaskPrediction, compare_task_scores, task_score_line
 from tasks.train.stage import MODEL_DIR as TRAIN_MODEL_DIR, STAGE as TRAIN_STAGE, TrainedModel
 STAGE = "evals"
@@ -359,10 +360,14 @@ def publish_report(
     client = MlflowClient()
     client.log_text(eval_run_id, markdown, GATE_REPORT)
     client.log_dict(eval_run_id, decision.to_dict(), "gate_decision.json")
+    shown = markdown
     if decision.comparisons:
-        client.log_figure(eval_run_id, comparisons_figure(decision.comparisons), GATE_PLOT)
+        with tempfile.TemporaryDirectory() as tmp:
+            png = write_png(comparisons_figure(decision.comparisons), Path(tmp) / GATE_PLOT)
+            client.log_artifact(eval_run_id, str(png))
+            shown += "\n\n## Paired differences\n\n" + png_markdown(png)
     client.set_tag(eval_run_id, registry.DECISION_TAG, outcome)
-    create_markdown_artifact(key="eval-gate-report", markdown=markdown, description=f"Release gate: {outcome}")
+    create_markdown_artifact(key="eval-gate-report", markdown=shown, description=f"Release gate: {outcome}")
     create_table_artifact(
         key="eval-metrics",
         table=[{"metric": name, "value": m.value, "stderr": m.stderr, "better": "higher" if m.higher_is_better else "lower"}

@@ -6,6 +6,7 @@ state, no GUI backend, safe inside tasks that run in threads.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import matplotlib
@@ -119,6 +120,11 @@ def write_png(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=120)
     return path
+
+
+def png_markdown(path: Path) -> str:
+    """A PNG inlined in markdown: Prefect's image artifacts take a URL, and these live on local disk."""
+    return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
 def summary_markdown(

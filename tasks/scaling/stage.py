@@ -11,7 +11,6 @@ is a ``train`` artifact of its own, so a rerun retrains nothing that is unchange
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -40,6 +39,7 @@ from tasks.scaling.plots import (
     fidelity_markdown,
     plot_loss_vs_compute,
     plot_predicted_vs_actual,
+    png_markdown,
     summary_markdown,
     write_png,
 )
@@ -307,11 +307,6 @@ def run_scaling(
     return artifacts.run_stage(STAGE, cfg, versions, build, code=CODE)
 
 
-def _png_markdown(path: Path) -> str:
-    """A PNG inlined in markdown: Prefect's image artifacts take a URL, and these live on local disk."""
-    return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
-
-
 @dataclass(frozen=True)
 class ScalingResult:
     """The scaling flow's result: the fitted ladder's artifact and what it predicts for the target run."""
@@ -342,8 +337,8 @@ def publish_scaling(artifact: Artifact, cached: bool) -> ScalingResult:
     create_markdown_artifact(
         key="scaling-summary",
         markdown=artifact.file(SUMMARY).read_text()
-        + "\n\n" + _png_markdown(artifact.file(LOSS_VS_COMPUTE))
-        + "\n\n" + _png_markdown(artifact.file(PREDICTED_VS_ACTUAL)),
+        + "\n\n" + png_markdown(artifact.file(LOSS_VS_COMPUTE))
+        + "\n\n" + png_markdown(artifact.file(PREDICTED_VS_ACTUAL)),
         description="Scaling-law fit of the ladder, its self-check and the target's prediction.",
     )
     fit = json.loads(artifact.file(FIT).read_text())
@@ -439,7 +434,7 @@ def target_gate(
             key="scaling-gate",
             markdown=f"# Scaling-law gate: {status}\n\n" + "\n".join(f"- {r}" for r in decision.reasons)
             + (f"\n- overridden: {scaling.override_reason}" if overridden else "")
-            + "\n\n## Ladder fidelity\n\n" + fidelity_md + "\n" + _png_markdown(png),
+            + "\n\n## Ladder fidelity\n\n" + fidelity_md + "\n" + png_markdown(png),
             description="The target run against the ladder's prediction.",
         )
     return result

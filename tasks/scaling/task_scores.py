@@ -410,11 +410,11 @@ def compare_task_scores(predictions: Sequence[TaskPrediction], measured: MetricT
 
 
 def task_score_line(row: TaskComparison) -> str:
-    """One task in a short line for the run summary: predicted with its interval, actual, and whether it landed inside."""
+    """One task in a short line for the run summary: predicted with its interval, actual, and whether it landed
+    inside (the prediction's limits are in the scaling report)."""
     p = row.prediction
     actual = "not measured" if row.actual is None else f"{row.actual:.3f} ({'inside' if row.inside else 'OUTSIDE'})"
-    limits = f", {len(p.limits)} limit(s)" if p.limits else ""
-    return f"{p.name}: predicted {p.predicted:.3f} [{row.low:.3f}, {row.high:.3f}], actual {actual}{limits}"
+    return f"{p.name}: predicted {p.predicted:.3f} [{row.low:.3f}, {row.high:.3f}], actual {actual}"
 
 
 @dataclass(frozen=True)

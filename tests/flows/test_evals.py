@@ -39,7 +39,7 @@ from tasks.data.dataset import resolve_dataset
 from tasks.data.version import dvc_md5, run_dvc
 from tasks.evals import registry
 from tasks.evals.config import RunConfig, SuiteConfig
-from tasks.evals.gate import ADVISORY, FAILED, OVERRIDDEN, ScalingGate
+from tasks.evals.gate import ADVISORY, FAILED, GATE_PLOT, OVERRIDDEN, ScalingGate
 from tasks.evals.stage import Verdict, score_champion
 from tasks.evals.suite import STAGE as SUITE_STAGE
 from tasks.evals.suite import TASKS_DIR, build_suite
@@ -181,6 +181,11 @@ def test_regressing_candidate_stays_challenger_with_reasons(stack: Stack, promot
     challenger = client.get_model_version_by_alias(NAME, registry.CHALLENGER)
     assert challenger.version == "2" and challenger.tags[registry.DECISION_TAG] == registry.REJECTED
     assert "FAIL regression ladder_ppl/bits_per_byte" in challenger.tags[registry.REASONS_TAG]
+    # The picture of the paired differences is in the eval run and inline in the Prefect report.
+    assert GATE_PLOT in {a.path for a in client.list_artifacts(rejected.eval_run_id)}
+    with get_client(sync_client=True) as prefect:
+        shown = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["eval-gate-report"])))
+    assert any(a.data.startswith("# Release gate: REJECTED") and "](data:image/png;base64," in a.data for a in shown)
     # The champion keeps its version and the metrics it was promoted with.
     kept = registry.eval_table(client.get_model_version(NAME, "1").run_id)
     assert kept["ladder_ppl/bits_per_byte"].value == pytest.approx(_metric(promoted, "ladder_ppl/bits_per_byte")["value"])
