@@ -34,7 +34,7 @@ from tasks.evals.gate import scaling_outcome
 from tasks.evals.runner import table_from_rows
 from tasks.evals.stage import TaskPredictions
 from tasks.scaling.plots import fidelity_line
-from tasks.scaling.stage import check_task_scores, stored_fidelity, target_gate
+from tasks.scaling.stage import record_task_scores, stored_fidelity, target_gate
 
 
 class GateStopped(ValueError):
@@ -81,7 +81,7 @@ def pipeline_flow(
         **common, model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release,
         task_predictions=predicted if fitted.task_predictions else None,
     )
-    task_scores = check_task_scores(ws, ladder_artifact, cfg.scaling, table_from_rows(base.metrics))
+    task_scores = record_task_scores(ws, ladder_artifact, table_from_rows(base.metrics))
     aligned = align_flow(**common, base_model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release)
     documents = dataset.info["counts"]["documents"]
     quarantined = Counter(documents["quarantined"])
@@ -101,7 +101,7 @@ def pipeline_flow(
         ),
         "scaling gate": f"{scaling_release.status} ({scaling['rel_error']:+.2%})",
         "ladder fidelity": "\n".join(fidelity_line(row) for row in stored_fidelity(ladder_artifact, target.final_val_loss)),
-        "task scores, predicted vs actual": "\n".join(task_scores["lines"]) or "not predicted (scaling.task_scores.enabled=false)",
+        "task scores, predicted vs actual": "\n".join(task_scores) or "not predicted (scaling.task_scores.enabled=false)",
         "base model gate": base.line(),
         "held-out task score (base / SFT / DPO)": " / ".join(f"{row[ACCURACY]:.4f}" for row in aligned.table),
         "alignment": f"reward margin {aligned.reward_margin:+.4f}, within tax bound: {aligned.passed_tax_bound}",

@@ -47,7 +47,6 @@ from tasks.scaling.task_scores import (
     RungScores,
     TaskPrediction,
     compare_task_scores,
-    judge_task_scores,
     predict_task_scores,
     rung_samples,
     task_items,
@@ -440,15 +439,13 @@ def target_gate(
     return result
 
 
-@task(name="task-score-check", cache_policy=NO_CACHE)
-def check_task_scores(ws: Workspace, artifact: Artifact, scaling: ScalingConfig, measured: MetricTable) -> dict[str, Any]:
-    """The target's measured eval scores (its ``MetricTable``) against the ladder's task predictions, for the release gate.
+@task(name="record-task-scores", cache_policy=NO_CACHE)
+def record_task_scores(ws: Workspace, artifact: Artifact, measured: MetricTable) -> list[str]:
+    """The target's measured eval scores (its ``MetricTable``) against the ladder's task predictions, one line per task.
 
-    Returns ``blocks`` (a miss under ``scaling.task_scores.gate=required``), ``reasons`` (one per
-    task outside its interval), ``rows`` (``TaskComparison.to_dict()`` per task) and ``lines``
-    (one per task for the run summary). The actual scores and the comparison are logged to the
-    scaling run (``task/<task>/<metric>/actual``, ``scaling/task_scores_vs_actual.json``) and shown
-    as the Prefect artifact ``task-scores``.
+    The actual scores and the comparison are logged to the scaling run (``task/<task>/<metric>/actual``,
+    ``scaling/task_scores_vs_actual.json``) and shown as the Prefect artifact ``task-scores``. The
+    release gate judges the same comparison (``tasks.evals.stage.TaskPredictions``).
     """
     from mlflow.tracking import MlflowClient
     from prefect.artifacts import create_markdown_artifact
@@ -456,7 +453,6 @@ def check_task_scores(ws: Workspace, artifact: Artifact, scaling: ScalingConfig,
     from ladder.tracking import experiment_id
 
     rows = compare_task_scores(stored_task_predictions(artifact), measured)
-    decision = judge_task_scores(rows, scaling.task_scores.gate)
     lines = [task_score_line(row) for row in rows]
     experiment_id(ws)
     client = MlflowClient()
@@ -467,8 +463,7 @@ def check_task_scores(ws: Workspace, artifact: Artifact, scaling: ScalingConfig,
     client.log_dict(run_id, [row.to_dict() for row in rows], f"{STAGE}/task_scores_vs_actual.json")
     create_markdown_artifact(
         key="task-scores",
-        markdown=f"# Task scores: predicted by the ladder, measured on the target ({scaling.task_scores.gate})\n\n"
-        + "\n".join(f"- {line}" for line in lines),
+        markdown="# Task scores: predicted by the ladder, measured on the target\n\n" + "\n".join(f"- {line}" for line in lines),
         description="The target's eval-task scores against the ladder's predictions.",
     )
-    return {"blocks": decision.blocks, "reasons": decision.reasons, "rows": [row.to_dict() for row in rows], "lines": lines}
+    return lines

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -415,24 +415,6 @@ def task_score_line(row: TaskComparison) -> str:
     p = row.prediction
     actual = "not measured" if row.actual is None else f"{row.actual:.3f} ({'inside' if row.inside else 'OUTSIDE'})"
     return f"{p.name}: predicted {p.predicted:.3f} [{row.low:.3f}, {row.high:.3f}], actual {actual}"
-
-
-@dataclass(frozen=True)
-class TaskScoreDecision:
-    """What the release gate makes of the target's task scores: misses are reasons; they block only when required."""
-
-    blocks: bool
-    reasons: list[str] = field(default_factory=list)
-
-
-def judge_task_scores(rows: Sequence[TaskComparison], policy: str) -> TaskScoreDecision:
-    """A reason per task the target scored outside its prediction's interval; ``policy`` (``scaling.task_scores.gate``)
-    ``required`` makes any such miss block, ``advisory`` only reports it."""
-    if policy not in ("advisory", "required"):
-        raise ValueError(f"scaling.task_scores.gate must be 'advisory' or 'required', got {policy!r}")
-    misses = [row for row in rows if row.inside is False]
-    reasons = [f"task score {policy}: " + task_score_line(row) for row in misses]
-    return TaskScoreDecision(policy == "required" and bool(misses), reasons)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from tasks.scaling.task_scores import (
     compare_task_scores,
     fit_line,
     fit_sigmoid,
-    judge_task_scores,
     predict_task_scores,
     sigmoid,
     task_score_line,
@@ -104,7 +103,7 @@ def _prediction(predicted: float, low: float, high: float) -> TaskPrediction:
                           SelfCheck(0.3, 0.25, 0.35, 0.31))
 
 
-def test_comparison_widens_by_the_measurement_error_and_the_gate_is_advisory_unless_required() -> None:
+def test_comparison_widens_by_the_measurement_error() -> None:
     rows = compare_task_scores(
         [_prediction(0.40, 0.38, 0.42)], {"ladder_next_line/acc_norm": Metric(0.45, 0.02, True, 256)}
     )
@@ -112,8 +111,5 @@ def test_comparison_widens_by_the_measurement_error_and_the_gate_is_advisory_unl
     assert row.low < 0.38 and 0.42 < row.high < 0.45  # widened by 1.645 x 0.02 in quadrature, still missed
     assert row.error == pytest.approx(0.05) and row.inside is False
     assert "OUTSIDE" in task_score_line(row)
-    assert judge_task_scores(rows, "advisory").blocks is False
-    required = judge_task_scores(rows, "required")
-    assert required.blocks and required.reasons[0].startswith("task score required: ladder_next_line/acc_norm")
     (unmeasured,) = compare_task_scores([_prediction(0.40, 0.38, 0.42)], {})
-    assert unmeasured.inside is None and not judge_task_scores([unmeasured], "required").blocks
+    assert unmeasured.inside is None and "not measured" in task_score_line(unmeasured)
