@@ -151,9 +151,13 @@ def item_results(samples: dict[str, list[dict[str, Any]]], suite: Suite) -> Item
     return dict(sorted(results.items()))
 
 
-def run_lm_eval(model_dir: Path, suite: Suite, cfg: RunConfig, tokenizer_dir: Path | None = None) -> Evaluation:
-    """Score the checkpoint in ``model_dir`` (tokenizer files beside it, or in ``tokenizer_dir``) on every task."""
-    import lm_eval
+def load_lm(model_dir: Path, suite: Suite, cfg: RunConfig, tokenizer_dir: Path | None = None) -> tuple[Any, Any]:
+    """lm-eval's model for the checkpoint in ``model_dir`` (tokenizer files beside it, or in ``tokenizer_dir``)
+    with the evals stage's run settings, and a task manager that knows only the suite's tasks.
+
+    Whatever ladder scores on the suite (a candidate, a champion, the ladder's rungs) is loaded here,
+    so that all of them are scored alike.
+    """
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
@@ -162,7 +166,6 @@ def run_lm_eval(model_dir: Path, suite: Suite, cfg: RunConfig, tokenizer_dir: Pa
     tokenizer_source = tokenizer_dir or model_dir
     if not any((tokenizer_source / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise ValueError(f"no tokenizer files in {tokenizer_source}: copy the tokenizer into the model directory")
-    started = time.perf_counter()
     lm = HFLM(
         pretrained=str(model_dir),
         tokenizer=str(tokenizer_source),
@@ -171,13 +174,18 @@ def run_lm_eval(model_dir: Path, suite: Suite, cfg: RunConfig, tokenizer_dir: Pa
         dtype=cfg.dtype,
         max_length=cfg.max_length,
     )
+    # Only the suite's own tasks: indexing lm-eval's thousands of built-in YAMLs costs more than the tiny eval.
+    return lm, TaskManager(include_path=str(suite.include_path), include_defaults=False)
+
+
+def run_lm_eval(model_dir: Path, suite: Suite, cfg: RunConfig, tokenizer_dir: Path | None = None) -> Evaluation:
+    """Score the checkpoint in ``model_dir`` (tokenizer files beside it, or in ``tokenizer_dir``) on every task."""
+    import lm_eval
+
+    started = time.perf_counter()
+    lm, manager = load_lm(model_dir, suite, cfg, tokenizer_dir)
     output = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=suite.tasks,
-        # Only the suite's own tasks: indexing lm-eval's thousands of built-in YAMLs costs more than the tiny eval.
-        task_manager=TaskManager(include_path=str(suite.include_path), include_defaults=False),
-        log_samples=True,
-        bootstrap_iters=cfg.bootstrap_iters,
+        model=lm, tasks=suite.tasks, task_manager=manager, log_samples=True, bootstrap_iters=cfg.bootstrap_iters
     )
     seconds = time.perf_counter() - started
     samples = output.pop("samples")

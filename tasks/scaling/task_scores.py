@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tasks.evals.config import RunConfig
-from tasks.evals.runner import MetricTable
+from tasks.evals.runner import MetricTable, load_lm
 from tasks.evals.suite import PPL, Suite
 from tasks.scaling.analysis import LadderFit
 from tasks.scaling.config import TaskScoresConfig
@@ -435,24 +435,20 @@ def rung_samples(
     """lm-eval's per-item samples of each checkpoint on the suite: each task's first ``items`` items, each
     perplexity task's first ``documents`` documents (``None``: all).
 
-    lm-eval itself, as ``tasks.evals.runner`` runs it (``HFLM`` with the evals stage's run
-    settings), so rungs and target are scored alike; what differs is the limits, and that no
+    lm-eval itself, loaded as ``tasks.evals.runner`` loads every model it scores (``load_lm``),
+    so rungs and target are scored alike; what differs is the limits, and that no
     table or stderr is made (the bootstrap here resamples the items). Perplexity and the other
     tasks are two runs because their limits differ: a held-out document is scored whole in
     rolling windows, many times an item's cost.
     """
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(suite.include_path), include_defaults=False)
     perplexity = [task for task in suite.tasks if task.startswith(f"{PPL}_")]
     groups = [(group, limit) for group, limit in (
         (perplexity, documents), ([task for task in suite.tasks if task not in perplexity], items)) if group]
     found = []
     for model_dir in model_dirs:
-        lm = HFLM(pretrained=str(model_dir), tokenizer=str(tokenizer_dir), batch_size=run.batch_size, device=run.device,
-                  dtype=run.dtype, max_length=run.max_length)
+        lm, manager = load_lm(model_dir, suite, run, tokenizer_dir)
         samples: dict[str, list[dict[str, Any]]] = {}
         for tasks, limit in groups:
             output = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, log_samples=True, limit=limit,
