@@ -81,7 +81,7 @@ def pipeline_flow(
         **common, model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release,
         task_predictions=predicted if fitted.task_predictions else None,
     )
-    task_scores = record_task_scores(ws, ladder_artifact, table_from_rows(base.metrics))
+    task_scores = record_task_scores(ws, ladder_artifact, fitted.task_predictions, table_from_rows(base.metrics))
     aligned = align_flow(**common, base_model=target.model, dataset_md5=md5, lineage=ladder, scaling_gate=scaling_release)
     documents = dataset.info["counts"]["documents"]
     quarantined = Counter(documents["quarantined"])

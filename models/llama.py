@@ -332,7 +332,7 @@ def varlen_kernel() -> str:
 
 
 def causal_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, z_loss: float
+    logits: torch.Tensor, labels: torch.Tensor, z_loss: float, rows: bool = False
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Token-mean cross entropy plus ``z_loss * mean(logsumexp^2)`` over predicted tokens.
 
@@ -340,8 +340,8 @@ def causal_lm_loss(
     target of position t (the loader shifts them), unlike HF's ``labels=`` argument, which
     shifts again. Positions labelled ``IGNORE_INDEX`` count in neither term. Computed in fp32.
     Returns the loss and its detached parts: ``ce``, ``z`` and ``tokens`` (how many targets), and
-    per sequence ``row_ce`` (summed cross-entropy) and ``row_tokens``, from which validation
-    measures its own noise.
+    with ``rows`` per sequence ``row_ce`` (summed cross-entropy) and ``row_tokens``, from which
+    validation measures its own noise (the training step does not ask for them).
     """
     import torch
 
@@ -355,8 +355,10 @@ def causal_lm_loss(
     ce = token_ce.sum() / tokens
     z = (lse.square() * valid).sum() / tokens
     loss = ce + z_loss * z if z_loss else ce
-    return loss, {"ce": ce.detach(), "z": z.detach(), "tokens": valid.sum().detach(),
-                  "row_ce": token_ce.detach().sum(-1), "row_tokens": valid.sum(-1)}
+    parts = {"ce": ce.detach(), "z": z.detach(), "tokens": valid.sum().detach()}
+    if rows:
+        parts.update(row_ce=token_ce.detach().sum(-1), row_tokens=valid.sum(-1))
+    return loss, parts
 
 
 def count_params(cfg: ModelConfig) -> dict[str, int]:

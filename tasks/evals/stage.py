@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ladder.artifacts import ArtifactRef, file_sha256
 from ladder.config import content_hash
+from ladder.figures import png_markdown, write_png
 from ladder.lineage import containing
 from ladder.tags import DATASET, EVAL_RUN, MODEL_DIR, SUITE_TAG, TRAINING_RUN
 from ladder.tracking import producing_run, stage_run
@@ -35,7 +36,6 @@ from tasks.evals.gate import (
 from tasks.evals.runner import Evaluation, MetricTable, Scores, run_lm_eval, table_rows, table_to_dict
 from tasks.evals.stats import ItemResults, item_results_from_dict, item_results_to_dict
 from tasks.evals.suite import DROPPED, ITEMS_DIR, SUITE_JSON, Suite
-from tasks.scaling.plots import png_markdown, write_png
 from tasks.scaling.task_scores import TaskPrediction, compare_task_scores, task_score_line
 from tasks.train.stage import MODEL_DIR as TRAIN_MODEL_DIR, STAGE as TRAIN_STAGE, TrainedModel
 STAGE = "evals"

@@ -6,9 +6,6 @@ state, no GUI backend, safe inside tasks that run in threads.
 
 from __future__ import annotations
 
-import base64
-from pathlib import Path
-
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
@@ -113,18 +110,6 @@ def plot_predicted_vs_actual(
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(True, alpha=0.3)
     return fig
-
-
-def write_png(fig: Figure, path: Path) -> Path:
-    """Save ``fig`` as a PNG at ``path`` (parents created) and return the path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=120)
-    return path
-
-
-def png_markdown(path: Path) -> str:
-    """A PNG inlined in markdown: Prefect's image artifacts take a URL, and these live on local disk."""
-    return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
 def summary_markdown(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from pydantic import Field
 
 from ladder.artifacts import Artifact, ArtifactRef, Code, StageOutput, stage_version
 from ladder.config import Section
+from ladder.figures import png_markdown, write_png
 from ladder.tags import SCALING_GATE, SCALING_GATE_REASONS, SCALING_OVERRIDE, input_tags
 from ladder.workspace import Workspace
 from models.llama import count_params
@@ -39,9 +41,7 @@ from tasks.scaling.plots import (
     fidelity_markdown,
     plot_loss_vs_compute,
     plot_predicted_vs_actual,
-    png_markdown,
     summary_markdown,
-    write_png,
 )
 from tasks.scaling.task_scores import (
     RungScores,
@@ -440,8 +440,11 @@ def target_gate(
 
 
 @task(name="record-task-scores", cache_policy=NO_CACHE)
-def record_task_scores(ws: Workspace, artifact: Artifact, measured: MetricTable) -> list[str]:
-    """The target's measured eval scores (its ``MetricTable``) against the ladder's task predictions, one line per task.
+def record_task_scores(
+    ws: Workspace, artifact: Artifact, predictions: Sequence[TaskPrediction], measured: MetricTable
+) -> list[str]:
+    """The target's measured eval scores (its ``MetricTable``) against the ladder's task ``predictions``
+    (``ScalingResult.task_predictions`` of ``artifact``), one line per task.
 
     The actual scores and the comparison are logged to the scaling run (``task/<task>/<metric>/actual``,
     ``scaling/task_scores_vs_actual.json``) and shown as the Prefect artifact ``task-scores``. The
@@ -452,7 +455,7 @@ def record_task_scores(ws: Workspace, artifact: Artifact, measured: MetricTable)
 
     from ladder.tracking import experiment_id
 
-    rows = compare_task_scores(stored_task_predictions(artifact), measured)
+    rows = compare_task_scores(predictions, measured)
     lines = [task_score_line(row) for row in rows]
     experiment_id(ws)
     client = MlflowClient()

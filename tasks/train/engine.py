@@ -201,12 +201,12 @@ class TrainEngine:
         self._compile_pending = cfg.compile  # the first call compiles; train.compile falls back if that fails
         self.autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
-    def loss(self, batch: Batch, z_loss: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward one micro-batch; the loss is fp32 whatever the autocast dtype."""
+    def loss(self, batch: Batch, z_loss: float, rows: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward one micro-batch; the loss is fp32 whatever the autocast dtype (``rows``: see ``causal_lm_loss``)."""
         inputs = batch.model_inputs(self.module.config._attn_implementation, torch.float32, self.dist.device)
         with self.autocast:
             logits = self._forward(inputs).logits  # (B, T, V)
-        return causal_lm_loss(logits, batch.labels.to(self.dist.device, non_blocking=True), z_loss)
+        return causal_lm_loss(logits, batch.labels.to(self.dist.device, non_blocking=True), z_loss, rows)
 
     def _forward(self, inputs: dict[str, Any]) -> Any:
         if not self._compile_pending:

@@ -186,7 +186,7 @@ class Trainer:
             # In micro-batches, so that 1 and N processes evaluate the same sequences.
             micro_batches = self.cfg.eval.batches * self.cfg.grad_accumulation
             for batch in islice(loader, min(micro_batches, loader.batches_per_epoch)):
-                _, parts = self.engine.loss(batch, z_loss=0.0)
+                _, parts = self.engine.loss(batch, z_loss=0.0, rows=True)
                 x, c = parts["row_ce"].double(), parts["row_tokens"].double()
                 sums += torch.stack([
                     parts["ce"].double() * parts["tokens"], parts["tokens"].double(),

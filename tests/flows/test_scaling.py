@@ -114,7 +114,7 @@ def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
     # judges the same comparison); the actual scores join the scaling run.
     measured = {p.name: Metric(p.predicted, 0.01, p.higher_is_better, 64) for p in first.task_predictions}
     measured["ladder_ppl/bits_per_byte"] = Metric(predicted["ladder_ppl"].high + 1.0, 0.01, False, 24)
-    lines = record_task_scores.fn(workspace, artifact, measured)
+    lines = record_task_scores.fn(workspace, artifact, first.task_predictions, measured)
     assert len(lines) == len(predicted)
     assert [line.split(":")[0] for line in lines if "OUTSIDE" in line] == ["ladder_ppl/bits_per_byte"]
     assert MlflowClient().get_run(first.mlflow_run_id).data.metrics["task/ladder_ppl/bits_per_byte/actual"] == pytest.approx(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ladder.config import build
+from ladder.figures import write_png
 from tasks.scaling.analysis import fit_scaling_law
 from tasks.scaling.config import PAPER_GRID, ScalingFitConfig
 from tasks.scaling.fit import (
@@ -29,7 +30,6 @@ from tasks.scaling.plots import (
     plot_loss_vs_compute,
     plot_predicted_vs_actual,
     summary_markdown,
-    write_png,
 )
 
 # Hoffmann et al. 2022, Approach 3.
