@@ -30,11 +30,12 @@ run: $(STAMP)
 # Headless Chromium drives the Prefect and MLflow UIs in the browser test; the authentication
 # test runs MLflow on a PostgreSQL cluster of its own, made with Debian's server binaries.
 # Two test processes, each module on one of them (a module's servers and ports are its own):
-# much of the suite waits on servers and subprocesses, so the second core is not left idle.
+# much of the suite waits on servers and subprocesses, so the second core is not left idle. Modules
+# are handed out longest first, by tests/durations.json (`make test PYTEST_ARGS=--write-durations` renews it).
 test: $(STAMP)
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in data tokenizer train evals align spikes scaling; do $(VENV)/bin/python bench/$$b.py || exit 1; done

@@ -8,18 +8,20 @@ One run prints:
 2. At two shapes, on the same packed data (Zipf tokens in documents of 20-300 tokens, document
    masks) and the same batch (bf16 autocast over fp32 weights, fused AdamW, same schedule,
    same initial weights, same rows): tokens/s and MFU of ladder's loop
-   (``tasks.train.loop.train`` with its defaults: ``train.attention: auto`` is dense on CPU)
-   and of ``transformers.Trainer`` (the model's sdpa kernel with the dense (1, T, T) mask per
-   row, derived on the fly as ladder's loader does; one plain process, as its users run it on
-   CPU). The shapes: today's (d_model 256, 4 layers, sequences of 128) and a larger one
-   (d_model 512, 4 layers, sequences of 512). At today's
-   shape also ladder with the spike guard off and no checkpoints ("bare") and the guard alone
-   ("guard"), so the guard's and the checkpoints' costs show; "guarded" is the default. At both
-   shapes also ladder with ``train.compile`` ("compiled"; its compile, about a minute, is in the
-   first interval, which the rate leaves out), and ladder with ``train.attention: varlen`` ("varlen": no mask,
-   each document attended on its own), also compiled, each guarded as the default and "bare" (the step alone,
-   as the Trainer runs it: no guard, no checkpoints). The Trainer keeps sdpa with the dense mask, as a team
-   would run it.
+   (``tasks.train.loop.train`` with its defaults: ``train.attention: auto`` is dense on CPU, the
+   spike guard on, a checkpoint every quarter of the run: "ladder guarded") and of
+   ``transformers.Trainer`` (the model's sdpa kernel with the dense (1, T, T) mask per row,
+   derived on the fly as ladder's loader does; one plain process, as its users run it on CPU).
+   The shapes: today's (d_model 256, 4 layers, sequences of 128) and a larger one (d_model 512,
+   4 layers, sequences of 512). Also ladder with ``train.attention: varlen`` ("varlen": no mask,
+   each document attended on its own), also with ``train.compile`` ("compiled"; its compile,
+   about a minute, is in the first interval, which the rate leaves out), each as the default
+   runs and "bare" (no guard, no checkpoints: the step alone); at today's shape also the dense
+   default bare and with the guard alone ("guard"), so the guard's and the checkpoints' costs
+   show. The Trainer runs twice: saving a checkpoint as often as ladder does ("HF Trainer
+   saving": its model, optimizer, scheduler and RNG states) and not at all ("HF Trainer"). Each
+   ladder row's ratio is against the Trainer run with the same checkpoints, so that the ratio
+   measures the code, not the settings.
 3. Attention alone at sequence 512, 1024 and 2048 (bf16, 8 heads of 64, 4096 tokens per call,
    documents of 100-500 tokens), each including the making of its mask from the document ids:
    the dense mask with sdpa (``train.attention: dense``) against FlexAttention over
@@ -152,9 +154,10 @@ def plain_process() -> Iterator[None]:
         yield
 
 
-def run_trainer(root: Path, shape: Shape, cfg: TrainConfig, out: Path) -> float:
+def run_trainer(root: Path, shape: Shape, cfg: TrainConfig, out: Path, saving: bool) -> float:
     """``transformers.Trainer`` on the same batches, in one plain process as its users run it on
-    CPU; tokens per CPU second from its step-end callbacks."""
+    CPU, saving a checkpoint every ``shape.interval`` steps when ``saving``; tokens per CPU second
+    from its step-end callbacks."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     shards = PackedShards(root / "train")
@@ -187,7 +190,8 @@ def run_trainer(root: Path, shape: Shape, cfg: TrainConfig, out: Path) -> float:
         output_dir=str(out), max_steps=shape.steps, per_device_train_batch_size=shape.batch,
         learning_rate=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay, adam_beta1=cfg.optimizer.betas[0],
         adam_beta2=cfg.optimizer.betas[1], warmup_steps=cfg.schedule.warmup_steps, lr_scheduler_type="cosine",
-        max_grad_norm=cfg.grad_clip, optim="adamw_torch_fused", bf16=True, use_cpu=True, report_to=[], save_strategy="no",
+        max_grad_norm=cfg.grad_clip, optim="adamw_torch_fused", bf16=True, use_cpu=True, report_to=[],
+        save_strategy="steps" if saving else "no", save_steps=shape.interval,
         logging_strategy="no", dataloader_num_workers=0, seed=cfg.seed, disable_tqdm=True,
     )
     trainer = Trainer(
@@ -200,6 +204,10 @@ def run_trainer(root: Path, shape: Shape, cfg: TrainConfig, out: Path) -> float:
     return statistics.median(tokens / (stamps[i + k] - stamps[i]) for i in range(k - 1, len(stamps) - k, k))
 
 
+# The Trainer run each ladder run is compared with: the one that checkpoints as it does.
+TRAINER, TRAINER_SAVING = "HF Trainer", "HF Trainer saving"
+
+
 def compare_loops(shape: Shape, peaks: dict[str, float], repeats: int) -> None:
     """Ladder's loop against ``Trainer`` at ``shape``: a table of tokens/s and MFU, then the ratios."""
     peak = peaks["bf16"] / 1e12
@@ -208,43 +216,49 @@ def compare_loops(shape: Shape, peaks: dict[str, float], repeats: int) -> None:
         write_data(root, shape.seq_len, sequences=shape.batch * shape.steps * 2)
         cfg = ladder_config(shape, peak)
         model_cfg = resolve_model_config(cfg, PackedShards(root / "train"))
-        runs = {"ladder guarded": cfg, "ladder compiled": ladder_config(shape, peak, compile=True),
-                "ladder varlen": ladder_config(shape, peak, attention="varlen"),
-                "ladder varlen compiled": ladder_config(shape, peak, attention="varlen", compile=True),
-                "ladder varlen bare": ladder_config(shape, peak, guard=False, checkpoints=False, attention="varlen"),
-                "ladder varlen compiled bare": ladder_config(
-                    shape, peak, guard=False, checkpoints=False, attention="varlen", compile=True
-                ),
-                "HF Trainer": None}
+        runs: dict[str, TrainConfig | bool] = {
+            "ladder guarded": cfg,
+            "ladder varlen": ladder_config(shape, peak, attention="varlen"),
+            "ladder varlen compiled": ladder_config(shape, peak, attention="varlen", compile=True),
+            "ladder varlen bare": ladder_config(shape, peak, guard=False, checkpoints=False, attention="varlen"),
+            "ladder varlen compiled bare": ladder_config(
+                shape, peak, guard=False, checkpoints=False, attention="varlen", compile=True
+            ),
+            TRAINER_SAVING: True,
+            TRAINER: False,
+        }
         if shape is SHAPES[0]:
-            runs = {"ladder bare": ladder_config(shape, peak, guard=False, checkpoints=False),
-                    "ladder guard": ladder_config(shape, peak, checkpoints=False), **runs}
+            runs["ladder bare"] = ladder_config(shape, peak, guard=False, checkpoints=False)
+            runs["ladder guard"] = ladder_config(shape, peak, checkpoints=False)
         best: dict[str, float] = {}
-        for attempt, (name, run_cfg) in itertools.product(range(repeats), runs.items()):
+        for attempt, (name, run) in itertools.product(range(repeats), runs.items()):
             out = root / f"{name.replace(' ', '-')}-{attempt}"
-            if run_cfg is None:
+            if isinstance(run, bool):
                 with plain_process():
-                    rate = run_trainer(root, shape, cfg, out)
+                    rate = run_trainer(root, shape, cfg, out, saving=run)
             else:
-                rate = run_ladder(root, run_cfg, out)
+                rate = run_ladder(root, run, out)
             best[name] = max(best.get(name, 0.0), rate)
     per_token = flops_per_token(model_cfg, shape.seq_len, include_logits=True)
     params = count_params(model_cfg)
-    kernel = attention_kernel(cfg.attention, torch.device("cpu"), model_cfg.attn_implementation)
+    kernel = attention_kernel(cfg.attention, torch.device("cpu"), model_cfg.attn_implementation, cfg.precision)
     print(f"\n{shape.name} shape: d_model {model_cfg.d_model}, {model_cfg.n_layers} layers, "
           f"{params['non_embedding'] / 1e6:.2f}M non-embedding + {params['embedding'] / 1e6:.2f}M embedding parameters, "
-          f"{per_token / 1e6:.1f} MFLOP/token; batch {shape.batch} x {shape.seq_len}, {shape.steps} steps; "
-          f"ladder's attention: {kernel} (train.attention={cfg.attention})")
+          f"{per_token / 1e6:.1f} MFLOP/token; batch {shape.batch} x {shape.seq_len}, {shape.steps} steps, "
+          f"checkpoints every {shape.interval}; ladder's default attention: {kernel} (train.attention={cfg.attention})")
     print(f"{'':27} {'tokens/CPU-s':>12} {'MFU(bf16)':>10} {'MFU(fp32)':>10}")
     for name, rate in best.items():
         print(f"{name:27} {rate:12.0f} {per_token * rate / peaks['bf16']:10.1%} {per_token * rate / peaks['fp32']:10.1%}")
-    for name in best:
-        if name.startswith("ladder"):
-            print(f"ratio {name} / HF Trainer: {best[name] / best['HF Trainer']:.2f}")
-    if "ladder bare" in best:
+    for name, run in runs.items():
+        if isinstance(run, TrainConfig):
+            baseline = TRAINER_SAVING if run.checkpoint.every_steps == shape.interval else TRAINER
+            print(f"ratio {name} / {baseline}: {best[name] / best[baseline]:.2f}")
+    if "ladder guard" in best:
         for name, what in (("ladder guard", "the spike guard"), ("ladder guarded", f"guard + a checkpoint every {shape.interval} steps")):
             ratio = best[name] / best["ladder bare"]
             print(f"ratio {name} / bare: {ratio:.3f} ({what} costs {1 - ratio:.1%} of throughput)")
+    ratio = best[TRAINER_SAVING] / best[TRAINER]
+    print(f"ratio {TRAINER_SAVING} / {TRAINER}: {ratio:.3f} (its checkpoints cost {1 - ratio:.1%} of throughput)")
 
 
 def document_ids(batch: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:

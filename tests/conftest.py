@@ -5,9 +5,11 @@ Tests never reach a hub: the offline switches are set before anything imports tr
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +23,41 @@ from tasks.train.launch import DIST_ENV
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
+# Each module's seconds on the CI's kind of machine (2 cores), longest first; `--write-durations` records them.
+DURATIONS = Path(__file__).with_name("durations.json")
+
 # No port answers here, so `configure` never adopts a Prefect or MLflow server another process started.
 UNUSED_URL = "http://127.0.0.1:9"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--write-durations", action="store_true", help=f"record each module's seconds in {DURATIONS.name}")
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules longest first. `make test` gives each module to one of two workers (--dist loadfile, in
+    this order: --no-loadscope-reorder); a long module handed out last keeps one worker busy alone
+    after the other has finished. The sort is stable: a module's tests keep their order."""
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    items.sort(key=lambda item: -seconds.get(_module(item.nodeid), 0.0))
+
+
+_spent: defaultdict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _spent[_module(report.nodeid)] += report.duration  # setup, call and teardown
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # The controller sees every worker's reports; a worker sees only its own.
+    if session.config.getoption("write_durations") and not hasattr(session.config, "workerinput"):
+        ranked = sorted(_spent.items(), key=lambda kv: -kv[1])
+        DURATIONS.write_text(json.dumps({module: round(s, 1) for module, s in ranked}, indent=1) + "\n")
 
 
 def _run(cmd: list[str], cwd: Path) -> None:

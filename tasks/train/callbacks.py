@@ -23,7 +23,7 @@ import torch
 
 from ladder.tags import PEAK_TFLOPS, SPIKE_PREFIX
 from tasks.train.config import SpikeGuardConfig
-from tasks.train.perf import matmul_flops, mfu
+from tasks.train.perf import machine_peak, mfu
 from tasks.train.spike import SpikeEvent, SpikeGuard
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class SpeedMonitor(Callback):
     def on_start(self, trainer: Trainer) -> None:
         if self.peak_flops is None:
             dtype = torch.bfloat16 if trainer.cfg.precision == "bf16" else torch.float32
-            self.peak_flops = matmul_flops(dtype, trainer.dist.device)
+            self.peak_flops = machine_peak(dtype, trainer.dist.device)
         trainer.peak_flops = self.peak_flops
         self._restart()
 

@@ -192,7 +192,8 @@ class TrainConfig(Section):
     )
     log_every: int = Field(10, ge=1, description="Steps between metric logs (loss, lr, grad norm, tokens/s, MFU).")
     peak_tflops: float | None = Field(
-        None, gt=0, description="Per-process peak for MFU; default: this machine's matmul rate in `precision`, measured at start."
+        None, gt=0, description="Per-process peak for MFU; default: this machine's matmul rate in `precision`, measured on its "
+        "first run and remembered (tasks.train.perf.machine_peak).",
     )
 
     @model_validator(mode="after")

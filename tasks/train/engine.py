@@ -93,25 +93,37 @@ def deterministic_algorithms(enabled: bool, cuda: bool) -> Iterator[None]:
             os.environ[CUBLAS_WORKSPACE] = workspace
 
 
+def _deepspeed() -> Any:
+    """DeepSpeed, imported when a run uses it. On CPU it would compile its shared-memory allreduce
+    kernel (a minute of C++ on a fresh machine) for inference collectives that training never
+    calls, so its builder is turned off first."""
+    import deepspeed
+
+    if not torch.cuda.is_available():
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    return deepspeed
+
+
 def init_distributed() -> Dist:
     """Join the process group torchrun set up, or make a one-process group when run directly.
 
-    CPU uses gloo, GPU nccl. On CPU, DeepSpeed would compile its shared-memory allreduce
-    kernel (a minute of C++ on a fresh machine) for inference collectives that training
-    never calls, so its builder is turned off first.
+    CPU uses gloo, GPU nccl. Processes that torchrun started join through DeepSpeed, which then
+    knows the group; one process makes its group with torch alone, since it steps without the
+    DeepSpeed engine unless ZeRO is on (whose initialize adopts the group), and importing
+    DeepSpeed took 1.7 s of every such run.
     """
-    import deepspeed
     import torch.distributed as dist
 
     cuda = torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
+        if "RANK" in os.environ:
+            _deepspeed().init_distributed(dist_backend=backend)
+        else:
             os.environ.update(
                 RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
             )
-        if not cuda:
-            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+            dist.init_process_group(backend=backend, rank=0, world_size=1)
     # torchrun always sets LOCAL_RANK; a one-process group made earlier in this process may
     # have outlived its environment, and DeepSpeed reads LOCAL_RANK whenever it builds an engine.
     local_rank = int(os.environ.setdefault("LOCAL_RANK", "0"))
@@ -186,9 +198,7 @@ class TrainEngine:
         )
         self.deepspeed: Any = None
         if dist.world_size > 1 or cfg.zero_stage:
-            import deepspeed
-
-            self.deepspeed, *_ = deepspeed.initialize(
+            self.deepspeed, *_ = _deepspeed().initialize(
                 model=model, optimizer=optimizer, config=deepspeed_config(cfg, dist.world_size)
             )
             self.optimizer = self.deepspeed.optimizer
@@ -292,11 +302,9 @@ class TrainEngine:
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Overwrite the weights in place on every rank and refresh ZeRO's fp32 partitions."""
-        import deepspeed
-
         module = self.module
         if self.cfg.zero_stage == 3:
-            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
+            with _deepspeed().zero.GatheredParameters(list(module.parameters()), modifier_rank=0):
                 if self.dist.is_main:
                     module.load_state_dict(weights)
         else:

@@ -7,8 +7,12 @@ FLOPs could at best run at here.
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -44,6 +48,43 @@ def matmul_flops(
                 torch.cuda.synchronize(device)
         best = max(best, 2.0 * n**3 * reps / (clock() - start))
     return best
+
+
+def peak_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ladder" / "matmul_peak.json"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+              if line.startswith("model name")] if cpuinfo.exists() else []
+    return f"{models[0] if models else platform.processor()} x{os.cpu_count()}"
+
+
+def machine_peak(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
+    """``matmul_flops`` of this machine, measured once and remembered in ``peak_cache()``.
+
+    Every training process needs the peak for its MFU, and measuring it took 1.2 s of the 10 s a
+    tiny run costs (a ladder's rungs, the tests). The key holds the host, the device, the dtype,
+    the torch threads and torch's version: any of them changed, the peak is measured again.
+    """
+    device = torch.device(device)
+    key = f"{platform.node()}|{_device_name(device)}|{dtype}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    path = peak_cache()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = matmul_flops(dtype, device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole and renamed: processes measuring at once each leave a complete file.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    return known[key]
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float) -> float:
