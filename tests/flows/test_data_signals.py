@@ -75,7 +75,10 @@ def test_a_stopped_run_exits_promptly_and_leaves_the_previous_build(
     before = _state(ws)
     log = tmp_path / "ladder.log"  # a file, not a pipe: a pipe nobody reads until the end can fill and stall the run
     with log.open("w") as out:
-        proc = subprocess.Popen(_ladder_data(built), cwd=ws.root, env=session_api, stdout=out, stderr=subprocess.STDOUT)
+        # As a user's Ctrl-C reaches a command run in a terminal: a test runner started in the background
+        # ignores SIGINT, its children inherit that, and the stage rightly leaves an ignored SIGINT ignored.
+        proc = subprocess.Popen(_ladder_data(built), cwd=ws.root, env=session_api, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     children: list[psutil.Process] = []
     try:
         # the stage has started its shards once the first one's documents are in its scratch directory
