@@ -241,7 +241,7 @@ def compare_loops(shape: Shape, peaks: dict[str, float], repeats: int) -> None:
             best[name] = max(best.get(name, 0.0), rate)
     per_token = flops_per_token(model_cfg, shape.seq_len, include_logits=True)
     params = count_params(model_cfg)
-    kernel = attention_kernel(cfg.attention, torch.device("cpu"), model_cfg.attn_implementation, cfg.precision)
+    kernel = attention_kernel(cfg.attention, torch.device("cpu"), model_cfg.attn_implementation)
     print(f"\n{shape.name} shape: d_model {model_cfg.d_model}, {model_cfg.n_layers} layers, "
           f"{params['non_embedding'] / 1e6:.2f}M non-embedding + {params['embedding'] / 1e6:.2f}M embedding parameters, "
           f"{per_token / 1e6:.1f} MFLOP/token; batch {shape.batch} x {shape.seq_len}, {shape.steps} steps, "
