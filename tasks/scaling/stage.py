@@ -5,8 +5,9 @@ self-check, prediction, compute-optimal answers, unidentified parameters, epochs
 train split), ``summary.md``, ``fidelity.md`` (each prediction against its actual, pending
 for the target until the gate), the two plots and, with ``scaling.task_scores.enabled``,
 ``task_scores.json``: the target's predicted score on every task of the eval suite, from the
-rungs' final checkpoints scored on it (:mod:`tasks.scaling.task_scores`). Each rung
-is a ``train`` artifact of its own, so a rerun retrains nothing that is unchanged.
+rungs' final checkpoints scored on it (:mod:`tasks.scaling.task_scores`). Each rung's run,
+and with ``scaling.design=branches`` each of its decay branches, is a ``train`` artifact of its
+own, so a rerun retrains nothing that is unchanged.
 """
 
 from __future__ import annotations
@@ -36,7 +37,19 @@ from tasks.evals.runner import MetricTable
 from tasks.evals.suite import Suite
 from tasks.scaling.analysis import fit_scaling_law
 from tasks.scaling.fit import FidelityRow, Prediction, ScalingFit, compute_optimal, epochs, gate
-from tasks.scaling.ladder import Point, ScalingConfig, plan, rung_points, target, tokens_per_step, unique_tokens
+from tasks.scaling.ladder import (
+    Point,
+    ScalingConfig,
+    branch_steps,
+    branches,
+    final_point,
+    plan,
+    rung_points,
+    seed_branch,
+    target,
+    tokens_per_step,
+    unique_tokens,
+)
 from tasks.scaling.plots import (
     fidelity_markdown,
     plot_loss_vs_compute,
@@ -54,7 +67,8 @@ from tasks.scaling.task_scores import (
 )
 from tasks.train.config import TrainConfig
 from tasks.train.shards import PackedShards
-from tasks.train.stage import CODE as TRAIN_CODE, MODEL_DIR, TrainInputs, train_model
+from tasks.train.loop import CHECKPOINTS_DIR
+from tasks.train.stage import CODE as TRAIN_CODE, MODEL_DIR, STAGE as TRAIN_STAGE, TrainInputs, run_dir, train_model
 
 log = logging.getLogger(__name__)
 
@@ -83,61 +97,109 @@ class ScalingStageConfig(Section):
     )
 
 
+@dataclass(frozen=True)
+class TrainedRung:
+    """A rung's run (design=branches: its stable run, the longest branch) and its decay branches, each trained."""
+
+    cfg: TrainConfig
+    artifact: Artifact
+    branches: tuple[tuple[TrainConfig, Artifact], ...] = ()
+
+
 def train_rungs(
     ws: Workspace, scaling: ScalingConfig, train: TrainConfig, inputs: TrainInputs, parent_run_id: str | None
-) -> list[tuple[TrainConfig, Artifact]]:
-    """Train every rung (``scaling.parallel`` side by side); each is a child run of the scaling run.
+) -> list[TrainedRung]:
+    """Train every rung and its decay branches (``scaling.parallel`` runs side by side); each is a child run of the
+    scaling run.
 
-    A rung that will pass over the train split more than once is announced before it trains.
+    A branch starts once its stable run has finished, from a copy of the stable run's checkpoint
+    at the branch's decay start; it names the stable run's version among its inputs. A rung
+    that will pass over the train split more than once is announced before it trains.
     """
     shards = PackedShards(inputs.train_shards)
+    seq_len = shards.seq_len
     configs = plan(scaling, train, shards)
+    rung_branches = [branches(scaling, cfg, seq_len) for cfg in configs]
     for cfg in configs:
-        passes = epochs(cfg.total_steps(shards.seq_len) * tokens_per_step(cfg, shards.seq_len), unique_tokens(shards))
+        passes = epochs(cfg.total_steps(seq_len) * tokens_per_step(cfg, seq_len), unique_tokens(shards))
         if passes > 1:
             log.warning(
                 "rung of %.3g parameters will make %.1f epochs over the train split: its points are fitted as "
                 "effective data (data-constrained law)", cfg.target_params, passes,
             )
-    # The costliest first, and the next rung starts as soon as any finishes: in waves of ``parallel``,
+    # A job is (rung, None) for a rung's run, (rung, b) for its branch b, trained on ``job_inputs``.
+    # The costliest first, and the next starts as soon as any finishes: in waves of ``parallel``,
     # a core waited for the wave's largest rung (19 s of the tiny profile's 63 s of rungs).
-    # Each rung has its own threads, so the order changes no rung's result.
-    cost = [cfg.target_params * cfg.total_steps(shards.seq_len) for cfg in configs]
-    waiting = sorted(range(len(configs)), key=cost.__getitem__, reverse=True)
-    running: dict[Any, int] = {}
-    trained: dict[int, Artifact] = {}
+    # Each run has its own threads, so the order changes no run's result.
+    def cost(job: tuple[int, int | None]) -> float:
+        i, b = job
+        steps = configs[i].total_steps(seq_len) if b is None else branch_steps(rung_branches[i][b], seq_len)
+        return configs[i].target_params * steps
+
+    waiting: list[tuple[int, int | None]] = sorted(((i, None) for i in range(len(configs))), key=cost, reverse=True)
+    job_inputs: dict[tuple[int, int | None], tuple[TrainConfig, TrainInputs]] = {
+        (i, None): (cfg, inputs) for i, cfg in enumerate(configs)
+    }
+    running: dict[Any, tuple[int, int | None]] = {}
+    trained: dict[tuple[int, int | None], Artifact] = {}
+    store = ws.store()
     while waiting or running:
         while waiting and len(running) < scaling.parallel:
-            i = waiting.pop(0)
-            running[train_model.submit(ws, configs[i], inputs, parent_run_id=parent_run_id)] = i
+            job = waiting.pop(0)
+            cfg, job_in = job_inputs[job]
+            running[train_model.submit(ws, cfg, job_in, parent_run_id=parent_run_id)] = job
         finished = next(as_completed(list(running)))
-        trained[running.pop(finished)] = finished.result()[0]
-    return [(cfg, trained[i]) for i, cfg in enumerate(configs)]
+        job = running.pop(finished)
+        trained[job] = finished.result()[0]
+        i, b = job
+        if b is not None:
+            continue
+        stable = configs[i]
+        for j, branch in enumerate(rung_branches[i]):
+            branch_inputs = replace(inputs, versions={**inputs.versions, "stable_run": trained[job].ref.version})
+            branch_dir = run_dir(ws, branch, branch_inputs)  # named by the branch's artifact version
+            if store.lookup(TRAIN_STAGE, branch_dir.name) is None:
+                seed_branch(stable, run_dir(ws, stable, inputs) / CHECKPOINTS_DIR, branch, branch_dir / CHECKPOINTS_DIR, seq_len)
+            job_inputs[(i, j)] = (branch, branch_inputs)
+            waiting.append((i, j))
+        waiting.sort(key=cost, reverse=True)
+    return [
+        TrainedRung(cfg, trained[(i, None)], tuple((branch, trained[(i, j)]) for j, branch in enumerate(rung_branches[i])))
+        for i, cfg in enumerate(configs)
+    ]
 
 
-def collect_points(scaling: ScalingConfig, rungs: list[tuple[TrainConfig, Artifact]], seq_len: int) -> list[Point]:
+def collect_points(scaling: ScalingConfig, rungs: list[TrainedRung], seq_len: int) -> list[Point]:
+    """The rungs' points: design=runs, the evaluations along each run past ``min_tokens_fraction``; design=branches,
+    each branch's final loss and the stable run's."""
     points: list[Point] = []
-    for index, (cfg, artifact) in enumerate(rungs):
-        min_tokens = scaling.min_tokens_fraction * cfg.total_steps(seq_len) * cfg.global_batch_size * seq_len
-        points += rung_points(index, cfg, artifact.file("metrics.jsonl"), seq_len, min_tokens)
+    for index, rung in enumerate(rungs):
+        if scaling.design == "branches":
+            points += [
+                final_point(index, cfg, json.loads(artifact.file("result.json").read_text()), seq_len)
+                for cfg, artifact in [*rung.branches, (rung.cfg, rung.artifact)]
+            ]
+            continue
+        min_tokens = scaling.min_tokens_fraction * rung.cfg.total_steps(seq_len) * tokens_per_step(rung.cfg, seq_len)
+        points += rung_points(index, rung.cfg, rung.artifact.file("metrics.jsonl"), seq_len, min_tokens)
     return points
 
 
 def score_rungs(
-    rungs: list[tuple[TrainConfig, Artifact]], seq_len: int, tokenizer_dir: Path, suite: Suite, run: RunConfig,
+    rungs: list[TrainedRung], seq_len: int, tokenizer_dir: Path, suite: Suite, run: RunConfig,
     scaling: ScalingConfig,
 ) -> RungScores:
     """Each rung's final checkpoint scored on the suite's first ``scaling.task_scores.rung_items`` items per task
     (``rung_documents`` documents per perplexity task)."""
     started = time.perf_counter()
-    samples = rung_samples([artifact.path / MODEL_DIR for _, artifact in rungs], tokenizer_dir, suite, run,
+    samples = rung_samples([rung.artifact.path / MODEL_DIR for rung in rungs], tokenizer_dir, suite, run,
                            scaling.task_scores.rung_items, scaling.task_scores.rung_documents)
     items, unpredicted = task_items(samples, suite, scaling.task_scores.metrics)
     for name, why in unpredicted.items():
         log.warning("no score prediction for %s: %s", name, why)
     return RungScores(
-        n_params=tuple(float(count_params(cfg.model)["non_embedding"]) for cfg, _ in rungs),
-        n_tokens=tuple(float(cfg.total_steps(seq_len) * tokens_per_step(cfg, seq_len)) for cfg, _ in rungs),
+        n_params=tuple(float(count_params(rung.cfg.model)["non_embedding"]) for rung in rungs),
+        n_tokens=tuple(float(rung.cfg.total_steps(seq_len) * tokens_per_step(rung.cfg, seq_len)) for rung in rungs),
         items=items, unpredicted=unpredicted, higher_is_better=dict(suite.higher_is_better),
         seconds=time.perf_counter() - started,
     )

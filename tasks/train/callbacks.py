@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,15 +117,16 @@ class SpikeGuardCallback(Callback):
 
 
 class CheckpointCallback(Callback):
-    """Saves every ``every_steps`` steps (the trainer flushes the spike guard first)."""
+    """Saves every ``every_steps`` steps and at each of ``keep_steps`` (the trainer flushes the spike guard first)."""
 
     name = "checkpoint"
 
-    def __init__(self, every_steps: int) -> None:
+    def __init__(self, every_steps: int, keep_steps: Collection[int] = ()) -> None:
         self.every_steps = every_steps
+        self.keep_steps = frozenset(keep_steps)
 
     def on_step(self, trainer: Trainer, out: StepOutput) -> None:
-        if out.step % self.every_steps == 0:
+        if out.step % self.every_steps == 0 or out.step in self.keep_steps:
             trainer.save_checkpoint()
 
 

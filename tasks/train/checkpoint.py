@@ -21,6 +21,11 @@ renames the directory into place and fsyncs the parent. A crash at any point lea
 the previous checkpoints untouched or a temporary directory no reader looks at. Resume takes
 the newest checkpoint whose files match their checksums, skipping (and reporting) any other.
 
+A run can start from another run's checkpoint (``start_branch``): a copy of it becomes the
+run's first checkpoint, tagged with the run's config, and the resume goes on from there. A
+ladder rung's WSD decay branches start so from its stable run, which keeps a checkpoint at each
+branch's decay start (``checkpoint.keep_steps``) past the pruning.
+
 ``ledger.json`` beside the checkpoints records every spike event and the batch ranges it
 skipped. It lives outside any one checkpoint because a rollback returns to a checkpoint
 written before the event: a later resume must still skip those batches and count the retry.
@@ -40,7 +45,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ladder.artifacts import file_sha256
+from tasks.train.config import CheckpointConfig, TrainConfig
+from tasks.train.data import merge_ranges
 from tasks.train.engine import Dist
+from tasks.train.schedule import lr_at
 
 if TYPE_CHECKING:
     from tasks.train.engine import TrainEngine
@@ -89,6 +97,16 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     fsync_path(path.parent)
 
 
+def checkpoints(root: Path) -> list[Checkpoint]:
+    """The renamed-into-place checkpoints under ``root`` (none when it does not exist), oldest first, not yet verified."""
+    found = []
+    for path in root.iterdir() if root.exists() else ():
+        match = _NAME.match(path.name)
+        if match and path.is_dir():
+            found.append(Checkpoint(path, int(match[1]), int(match[2])))
+    return sorted(found, key=lambda c: c.seq)
+
+
 def _barrier(dist: Dist) -> None:
     if dist.world_size > 1:
         import torch.distributed
@@ -106,12 +124,7 @@ class CheckpointStore:
 
     def all(self) -> list[Checkpoint]:
         """Renamed-into-place checkpoints, oldest first (not yet verified)."""
-        found = []
-        for path in self.root.iterdir():
-            match = _NAME.match(path.name)
-            if match and path.is_dir():
-                found.append(Checkpoint(path, int(match[1]), int(match[2])))
-        return sorted(found, key=lambda c: c.seq)
+        return checkpoints(self.root)
 
     @staticmethod
     def verify(ckpt: Checkpoint) -> str | None:
@@ -152,9 +165,10 @@ class CheckpointStore:
         engine: TrainEngine,
         rank_state: dict[str, Any],
         trainer_state: dict[str, Any],
-        keep_last: int,
+        retention: CheckpointConfig,
     ) -> Checkpoint:
-        """Write a checkpoint atomically, then prune to ``keep_last`` plus the newest known-good."""
+        """Write a checkpoint atomically, then prune to ``retention.keep_last`` plus the newest known-good and
+        those at ``retention.keep_steps``."""
         existing = self.all()
         seq = existing[-1].seq + 1 if existing else 0
         name = f"ckpt-{seq:06d}-step-{step:07d}"
@@ -177,22 +191,15 @@ class CheckpointStore:
         _barrier(self.dist)
         final = self.root / name
         if self.dist.is_main:
-            sums = {}
-            for path in sorted(tmp.iterdir()):
-                fsync_path(path)
-                sums[path.name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
-            (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True))
-            fsync_path(tmp / CHECKSUMS)
-            fsync_path(tmp)
-            os.rename(tmp, final)
-            fsync_path(self.root)
-            self._prune(keep_last)
+            _seal(tmp, final)
+            self._prune(retention)
         _barrier(self.dist)
         return Checkpoint(final, seq, step)
 
-    def _prune(self, keep_last: int) -> None:
+    def _prune(self, retention: CheckpointConfig) -> None:
         ckpts = self.all()
-        keep = {c.seq for c in ckpts[-keep_last:]}
+        keep = {c.seq for c in ckpts[-retention.keep_last:]}
+        keep |= {c.seq for c in ckpts if c.step in retention.keep_steps}
         good = [c for c in ckpts if c.known_good]
         if good:
             keep.add(good[-1].seq)
@@ -260,6 +267,75 @@ class CheckpointStore:
     def write_ledger(self, ledger: dict[str, Any]) -> None:
         if self.dist.is_main:
             write_json_atomic(self.ledger_path, ledger)
+
+
+def _seal(tmp: Path, final: Path) -> None:
+    """Checksum every file of ``tmp``, then rename it to ``final``: a reader sees the whole checkpoint or none."""
+    sums = {}
+    for path in sorted(tmp.iterdir()):
+        fsync_path(path)
+        sums[path.name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+    (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True))
+    fsync_path(tmp / CHECKSUMS)
+    fsync_path(tmp)
+    os.rename(tmp, final)
+    fsync_path(final.parent)
+
+
+# What a run's checkpoints may differ in from those of the run it branches from: its length
+# (checked through the learning rates it gives) and when it evaluates and checkpoints, none of
+# which changes a step before the branch point.
+_BRANCH_FREE = {"max_steps", "max_tokens", "eval", "checkpoint"}
+
+
+def start_branch(source: Checkpoint, source_cfg: TrainConfig, cfg: TrainConfig, root: Path, seq_len: int) -> Checkpoint:
+    """Make ``source``, a checkpoint of a run of ``source_cfg``, the first checkpoint of a run of ``cfg`` in ``root``.
+
+    The run in ``root`` then resumes from it, model, optimizer, loader, RNG and guard alike, and
+    ends where a whole run of ``cfg`` from step 0 would, without training the steps they share.
+    That is a WSD decay branch: ``source`` is a ladder rung's stable run at the branch's decay
+    start (``tasks.train.schedule.decay_start``). The source's spike events before its step
+    come along (their skipped data and learning-rate cut are the branch's history too); later
+    ones do not. ``root`` must hold no checkpoint yet; ``seq_len`` turns token budgets into steps.
+
+    Refused unless both configs are resolved alike, differ only in length and cadences, and give
+    the same learning rate at every step up to ``source``'s.
+    """
+    problem = CheckpointStore.verify(source)
+    if problem is not None:
+        raise ValueError(f"cannot branch from {source.path}: {problem}")
+    if source.meta["config_hash"] != source_cfg.hash():
+        raise ValueError(f"{source.path} is a checkpoint of config {source.meta['config_hash']}, not of the "
+                         f"source config given ({source_cfg.hash()})")
+    differ = sorted(k for k in TrainConfig.model_fields if k not in _BRANCH_FREE and getattr(cfg, k) != getattr(source_cfg, k))
+    if differ:
+        raise ValueError(f"a branch may differ from its source run only in {sorted(_BRANCH_FREE)}, this one also in {differ}")
+    total, source_total = cfg.total_steps(seq_len), source_cfg.total_steps(seq_len)
+    if source.step >= total or any(
+        lr_at(step, total, 1.0, cfg.schedule) != lr_at(step, source_total, 1.0, cfg.schedule) for step in range(1, source.step + 1)
+    ):
+        raise ValueError(f"a run of {total} steps does not follow one of {source_total} up to step {source.step}: "
+                         "branch at or before the shorter run's decay start (tasks.train.schedule.decay_start)")
+    if checkpoints(root):
+        raise ValueError(f"{root} already holds checkpoints: resume that run instead of branching into it")
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"ckpt-{0:06d}-step-{source.step:07d}"
+    tmp = root / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source.path, tmp, ignore=shutil.ignore_patterns(CHECKSUMS, KNOWN_GOOD))
+    meta = {**source.meta, "config_hash": cfg.hash(), "seq": 0, "branched_from": str(source.path)}
+    (tmp / TRAINER).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    ledger_file = source.path.parent / LEDGER
+    events = [] if not ledger_file.exists() else [
+        event for event in json.loads(ledger_file.read_text())["events"] if event["rollback_step"] < source.step
+    ]
+    skips = merge_ranges([tuple(event["skipped"]) for event in events if event["skipped"][1] > event["skipped"][0]])
+    # The ledger before the checkpoint: a crash in between leaves a branch with no checkpoint, which starts over.
+    write_json_atomic(root / LEDGER, {"events": events, "skips": [list(r) for r in skips], "fired_faults": meta["fired_faults"]})
+    _seal(tmp, root / name)
+    if source.known_good:
+        (root / name / KNOWN_GOOD).touch()
+    return Checkpoint(root / name, 0, source.step)
 
 
 def _rng_state() -> dict[str, Any]:

@@ -42,6 +42,11 @@ class CheckpointConfig(Section):
 
     every_steps: int = Field(50, ge=1, description="Save after every this many optimizer steps (and at step 0).")
     keep_last: int = Field(2, ge=1, description="Checkpoints kept; the newest known-good one is kept besides.")
+    keep_steps: list[int] = Field(
+        [], description="Steps also checkpointed and kept past keep_last (a rollback still discards those after the "
+        "checkpoint it returns to): where a ladder rung's WSD decay branches start from its stable run "
+        "(tasks.scaling, design=branches).",
+    )
 
 
 class SpikeGuardConfig(Section):

@@ -152,7 +152,7 @@ class Trainer:
             "callbacks": {cb.name: s for cb in self.callbacks if (s := cb.state_dict()) is not None},
         }
         ckpt = self.store.save(
-            self.step, self.engine, {"data": self.data.state_dict()}, trainer_state, self.cfg.checkpoint.keep_last
+            self.step, self.engine, {"data": self.data.state_dict()}, trainer_state, self.cfg.checkpoint
         )
         self._unconfirmed = ckpt
         return ckpt
@@ -480,7 +480,7 @@ def train(
         callbacks += [
             SpeedMonitor(cfg.log_every, flops_per_token(model_cfg, data.seq_len, include_logits=True), cfg.peak_tflops),
             EvalCallback(cfg.eval.every_steps),
-            CheckpointCallback(cfg.checkpoint.every_steps),
+            CheckpointCallback(cfg.checkpoint.every_steps, cfg.checkpoint.keep_steps),
         ]
         if dist.is_main:
             callbacks += [MetricsFile(run_dir), LossCurve(run_dir)]

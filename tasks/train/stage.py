@@ -176,6 +176,12 @@ def _not_a_spike_report(task: Any, task_run: Any, state: Any) -> bool:
     return not (isinstance(error, TrainingFailed) and error.report is not None)
 
 
+def run_dir(ws: Workspace, cfg: TrainConfig, inputs: TrainInputs) -> Path:
+    """Where ``train_model`` trains ``cfg`` (resolved) on ``inputs``: the checkpoints a resume, or a decay branch
+    of the run, starts from."""
+    return ws.state / "runs" / STAGE / stage_version(STAGE, cfg, inputs.versions, CODE)
+
+
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_condition_fn=_not_a_spike_report)
 def train_model(
     ws: Workspace, cfg: TrainConfig, inputs: TrainInputs, parent_run_id: str | None = None
@@ -191,11 +197,10 @@ def train_model(
     from tasks.train.launch import TrainingFailed
 
     cfg = resolve(cfg, PackedShards(inputs.train_shards))
-    version = stage_version(STAGE, cfg, inputs.versions, CODE)
-    run_dir = ws.state / "runs" / STAGE / version
+    directory = run_dir(ws, cfg, inputs)
     try:
         return ws.store().run_stage(
-            STAGE, cfg, inputs.versions, lambda out: build_training(ws, cfg, inputs, run_dir, out, parent_run_id), code=CODE
+            STAGE, cfg, inputs.versions, lambda out: build_training(ws, cfg, inputs, directory, out, parent_run_id), code=CODE
         )
     except TrainingFailed as err:
         if err.report is not None:

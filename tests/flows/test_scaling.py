@@ -18,6 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.scaling import scaling_flow
+from ladder.tags import ARTIFACT_VERSION, INPUT_PREFIX
 from ladder.tracking import experiment_id
 from ladder.workspace import Workspace
 from tasks.data.dataset import dvc_dir_md5
@@ -130,3 +131,32 @@ def test_flow_trains_rungs_as_child_runs_fits_predicts_and_caches(
     assert again.cached and again.ladder == first.ladder
     assert again.prediction == prediction and again.task_predictions == first.task_predictions
     assert (len(_runs(workspace, "scaling")), len(_runs(workspace, "train"))) == (1, 4)
+
+
+def test_flow_with_decay_branches_fits_several_points_a_rung(prefect_harness: None, workspace: Workspace, tmp_path: Path) -> None:
+    tokenized = store_tokenized(workspace, write_shards(tmp_path / "shards"), write_tokenizer(tmp_path / "tokenizer"), "md5")
+    overrides = [
+        "scaling.design=branches", "scaling.branch_shares=[0.5,1.0]", "scaling.budget=0.05", "scaling.task_scores.enabled=false", "scaling.fit.bootstrap_samples=10",
+        "train.global_batch_size=8", "train.micro_batch_size=8", "train.precision=fp32", "train.max_tokens=320000",
+    ]
+    result = scaling_flow(overrides=overrides, tokenized=tokenized)
+
+    assert math.isfinite(result.self_check_rel_error) and all(math.isfinite(value) for value in result.fit.values())
+    artifact = workspace.store().get(result.ladder)
+    points = json.loads(artifact.file(POINTS).read_text())
+    # Each rung: its stable run and a branch of half its length, each a point at its own end, shortest first.
+    assert Counter(p["rung"] for p in points) == {0: 2, 1: 2, 2: 2, 3: 2}
+    for rung in range(4):
+        tokens = [p["n_tokens"] for p in points if p["rung"] == rung]
+        assert tokens == sorted(set(tokens)) and tokens[-1] / tokens[0] >= 1.9
+    # Each branch is a train artifact of its own, a child run of the scaling run that names its stable run.
+    trained = _runs(workspace, "train")
+    assert len(trained) == 8
+    named = INPUT_PREFIX + "stable_run"
+    stable = {run.data.tags[ARTIFACT_VERSION] for run in trained if named not in run.data.tags}
+    assert len(stable) == 4
+    assert Counter(run.data.tags[named] for run in trained if named in run.data.tags) == {version: 1 for version in stable}
+    # A branch trained only its decay: it resumed from the copy of its stable run's checkpoint.
+    for run in trained:
+        result = json.loads(workspace.store().lookup("train", run.data.tags[ARTIFACT_VERSION]).file("result.json").read_text())
+        assert (result["resumed_from"] is not None) == (named in run.data.tags)
