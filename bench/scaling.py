@@ -44,9 +44,8 @@ from tasks.scaling.analysis import fit_scaling_law
 from tasks.scaling.ladder import (
     ScalingConfig,
     branches as rung_branches,
-    final_point,
+    design_points,
     plan,
-    rung_points,
     seed_branch,
     target,
     tokens_per_step,
@@ -81,19 +80,12 @@ def ladder(scaling: ScalingConfig, train_cfg: TrainConfig, shards: Path, work: P
         run_dir = run(cfg, shards, work / f"{scaling.design}-r{index}-{cfg.hash()}")
         branches = rung_branches(scaling, cfg, seq_len)
         total += flops(cfg, trained_steps(cfg, branches, seq_len), seq_len)
-        if scaling.design == "runs":
-            tokens = cfg.total_steps(seq_len) * tokens_per_step(cfg, seq_len)
-            kept = rung_points(index, cfg, run_dir / "metrics.jsonl", seq_len, scaling.min_tokens_fraction * tokens)
-            points += [(p.n_params, p.n_tokens, p.loss) for p in kept]
-            continue
-        for branch in [*branches, cfg]:
-            branch_dir = run_dir
-            if branch is not cfg:
-                branch_dir = work / f"branch-r{index}-{branch.hash()}"
-                seed_branch(cfg, run_dir / CHECKPOINTS_DIR, branch, branch_dir / CHECKPOINTS_DIR, seq_len)
-                run(branch, shards, branch_dir)
-            p = final_point(index, branch, json.loads((branch_dir / RESULT).read_text()), seq_len)
-            points.append((p.n_params, p.n_tokens, p.loss))
+        runs = []
+        for branch in branches:
+            branch_dir = work / f"branch-r{index}-{branch.hash()}"
+            seed_branch(cfg, run_dir / CHECKPOINTS_DIR, branch, branch_dir / CHECKPOINTS_DIR, seq_len)
+            runs.append((branch, run(branch, shards, branch_dir)))
+        points += [(p.n_params, p.n_tokens, p.loss) for p in design_points(scaling, index, [*runs, (cfg, run_dir)], seq_len)]
     return points, total
 
 

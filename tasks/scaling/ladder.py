@@ -259,3 +259,13 @@ def final_point(rung: int, cfg: TrainConfig, result: dict[str, Any], seq_len: in
     """A run's point at its end, from its ``result.json``: a decay branch's, or a stable run's."""
     return Point(rung, float(count_params(cfg.model)["non_embedding"]), float(result["steps"] * tokens_per_step(cfg, seq_len)),
                  float(result["final_val_loss"]))
+
+
+def design_points(scaling: ScalingConfig, rung: int, runs: list[tuple[TrainConfig, Path]], seq_len: int) -> list[Point]:
+    """A rung's points from its finished runs' directories, the rung's own run last (its branches before it):
+    design=runs, its evaluations past ``min_tokens_fraction`` of its budget; design=branches, each run's end."""
+    if scaling.design == "branches":
+        return [final_point(rung, cfg, json.loads((directory / "result.json").read_text()), seq_len) for cfg, directory in runs]
+    cfg, directory = runs[-1]
+    min_tokens = scaling.min_tokens_fraction * cfg.total_steps(seq_len) * tokens_per_step(cfg, seq_len)
+    return rung_points(rung, cfg, directory / "metrics.jsonl", seq_len, min_tokens)

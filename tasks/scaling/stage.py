@@ -42,9 +42,8 @@ from tasks.scaling.ladder import (
     ScalingConfig,
     branch_steps,
     branches,
-    final_point,
+    design_points,
     plan,
-    rung_points,
     seed_branch,
     target,
     tokens_per_step,
@@ -174,14 +173,8 @@ def collect_points(scaling: ScalingConfig, rungs: list[TrainedRung], seq_len: in
     each branch's final loss and the stable run's."""
     points: list[Point] = []
     for index, rung in enumerate(rungs):
-        if scaling.design == "branches":
-            points += [
-                final_point(index, cfg, json.loads(artifact.file("result.json").read_text()), seq_len)
-                for cfg, artifact in [*rung.branches, (rung.cfg, rung.artifact)]
-            ]
-            continue
-        min_tokens = scaling.min_tokens_fraction * rung.cfg.total_steps(seq_len) * tokens_per_step(rung.cfg, seq_len)
-        points += rung_points(index, rung.cfg, rung.artifact.file("metrics.jsonl"), seq_len, min_tokens)
+        runs = [*rung.branches, (rung.cfg, rung.artifact)]
+        points += design_points(scaling, index, [(cfg, artifact.path) for cfg, artifact in runs], seq_len)
     return points
 
 
