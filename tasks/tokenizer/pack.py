@@ -2,8 +2,8 @@
 
 Chunks of documents go to a process pool a window at a time, and results come back in
 submission order, so the shards are byte-identical whatever the number of workers, and memory
-holds one window of chunks however large the split. A chunk is encoded in one call of the
-tokenizers batch API, which spreads it over the library's thread pool.
+holds one window of chunks however large the split. A chunk is encoded in one call of a
+``TextEncoder``, which hands the tokenizers library only the words it has not met before.
 """
 
 from __future__ import annotations
@@ -17,17 +17,19 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from tasks.data.document import Document, iter_split
 from tasks.tokenizer.config import PackingConfig
+from tasks.tokenizer.encode import TextEncoder
 from tasks.tokenizer.shards import PackStats, write_packed
 from tasks.tokenizer.train import load_encoder
 
 # Chunks in flight per worker: enough to keep every worker busy while the parent packs.
 WINDOW_PER_WORKER = 4
 
-_worker_encoder: Tokenizer | None = None
+_worker_encoder: TextEncoder | None = None
 
 
 def _init_worker(tokenizer_file: str, threads: int) -> None:
@@ -38,21 +40,12 @@ def _init_worker(tokenizer_file: str, threads: int) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     global _worker_encoder
-    _worker_encoder = load_encoder(Path(tokenizer_file))
+    _worker_encoder = TextEncoder(load_encoder(Path(tokenizer_file)))
 
 
-def encode_texts(encoder: Tokenizer, texts: list[str]) -> list[list[int]]:
-    """The token ids of each text, the same as ``encoder.encode(text).ids``, in one batch call.
-
-    ``encode_batch_fast`` skips the character offsets that packing never reads, and runs on the
-    tokenizers thread pool unless ``TOKENIZERS_PARALLELISM`` turns it off.
-    """
-    return [encoding.ids for encoding in encoder.encode_batch_fast(texts)]
-
-
-def _encode_chunk(texts: list[str]) -> list[list[int]]:
+def _encode_chunk(texts: list[str]) -> list[np.ndarray]:
     assert _worker_encoder is not None, "worker used before _init_worker"
-    return encode_texts(_worker_encoder, texts)
+    return _worker_encoder(texts)
 
 
 def _chunks(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
@@ -71,16 +64,16 @@ def doc_record(doc: Document) -> dict[str, Any]:
 
 def tokenize_documents(
     tokenizer_file: Path, docs: Iterable[Document], num_workers: int, chunk_docs: int
-) -> Iterator[tuple[dict[str, Any], list[int]]]:
+) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
     """``(record, token ids)`` per document, in input order, encoded ``chunk_docs`` at a time.
 
     ``num_workers == 1`` encodes in this process, on the tokenizers thread pool where this
     process allows it; more uses that many processes, each with its share of the cores.
     """
     if num_workers == 1:
-        encoder = load_encoder(tokenizer_file)
+        encoder = TextEncoder(load_encoder(tokenizer_file))
         for chunk in _chunks(docs, chunk_docs):
-            for doc, ids in zip(chunk, encode_texts(encoder, [doc.text for doc in chunk]), strict=True):
+            for doc, ids in zip(chunk, encoder([doc.text for doc in chunk]), strict=True):
                 yield doc_record(doc), ids
         return
     window = num_workers * WINDOW_PER_WORKER

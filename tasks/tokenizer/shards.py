@@ -22,7 +22,7 @@ with ``tasks.train.shards.PackedShards``, which takes the file names and dtypes 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ class PackStats:
 
 def write_packed(
     out_dir: Path,
-    documents: Iterable[tuple[dict[str, Any], list[int]]],
+    documents: Iterable[tuple[dict[str, Any], Sequence[int]]],
     seq_len: int,
     pad_id: int,
     boundary_id: int,
@@ -70,7 +70,7 @@ def write_packed(
         out_dir / DOCS
     ).open("w", encoding="utf-8") as docs_fh:
         for record, ids in documents:
-            stream = np.asarray([*ids, boundary_id], dtype=TOKEN_DTYPE)
+            stream = np.append(np.asarray(ids, dtype=TOKEN_DTYPE), TOKEN_DTYPE(boundary_id))
             docs_fh.write(json.dumps({**record, "num_tokens": len(stream)}, sort_keys=True) + "\n")
             pos = 0
             while pos < len(stream):

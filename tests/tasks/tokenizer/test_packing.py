@@ -10,7 +10,8 @@ import pytest
 from ladder.artifacts import hash_files
 from tasks.data.document import SPLITS, iter_split
 from tasks.tokenizer.config import PackingConfig
-from tasks.tokenizer.pack import encode_texts, pack_split, token_ids
+from tasks.tokenizer.encode import TextEncoder
+from tasks.tokenizer.pack import pack_split, token_ids
 from tasks.tokenizer.stage import CANDIDATES_DIR, TOKENIZER_DIR, build_shards
 from tasks.tokenizer.train import load_encoder
 from tasks.train.shards import PackedShards
@@ -51,14 +52,20 @@ def test_every_document_is_packed_in_order_with_a_boundary_after_it(
 
 
 def test_batch_encoding_gives_every_candidate_the_ids_of_one_encode_per_text(built: Path, curated: Path) -> None:
-    # Packing encodes in batches without offsets; the shards must hold the ids encode() gives,
-    # for every kind of candidate the stage may choose, on every split and on text that breaks tokenizers.
+    # Packing encodes in batches through a cache of word ids; the shards must hold the ids encode()
+    # gives, for every kind of candidate the stage may choose, on every split and on text that
+    # breaks tokenizers. The byte-level ones go through the cache, sentencepiece's cannot.
     texts = [doc.text for split in SPLITS for doc in iter_split(curated, split)] + ODD_TEXTS
     paths = sorted((built / CANDIDATES_DIR).glob("*/tokenizer.json"))
     assert {path.parent.name.split("-")[0] for path in paths} == {"bpe", "unigram", "sentencepiece"}
     for path in paths:
         encoder = load_encoder(path)
-        assert encode_texts(encoder, texts) == [encoder.encode(text).ids for text in texts], path.parent.name
+        text_encoder = TextEncoder(encoder)
+        assert text_encoder.cached == (not path.parent.name.startswith("sentencepiece")), path.parent.name
+        # Twice: once learning the words, once from the cache.
+        for _ in range(2):
+            encoded = [ids.tolist() for ids in text_encoder(texts)]
+            assert encoded == [encoder.encode(text).ids for text in texts], path.parent.name
 
 
 def test_packing_efficiency_on_a_realistic_split(tokenizer_dir: Path, curated: Path, tmp_path: Path) -> None:
