@@ -242,6 +242,10 @@ def _try_lock(lock: str, token: str, ttl_s: float) -> bool:
         client.create_registered_model(lock, tags=tags, description="Held while a gate decision is recorded; not a model.")
         return True
     except MlflowException as err:
+        # A create that finds the name taken reads the holder's model to say so (MLflow's SQL store);
+        # a holder releasing in between turns that into RESOURCE_DOES_NOT_EXIST: free now, try again.
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     held = _lock_tags(lock)

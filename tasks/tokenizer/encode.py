@@ -11,7 +11,7 @@ SentencePiece spends on a whole text.
 The cut uses Python's ``re``, whose character classes come from Python's Unicode tables, where
 the library's regex engine has its own. They agree on every code point but those listed in
 ``_LIBRARY_CATEGORIES`` and ``_LIBRARY_ASCII``, found by comparing both on every code point
-(``tests/tasks/tokenizer/test_encode.py`` does it again for the installed versions); a text
+(``tests/tasks/tokenizer/test_text_encoder.py`` does it again for the installed versions); a text
 holding one of those goes through the library whole.
 """
 
