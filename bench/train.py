@@ -8,20 +8,20 @@ One run prints:
 2. At two shapes, on the same packed data (Zipf tokens in documents of 20-300 tokens, document
    masks) and the same batch (bf16 autocast over fp32 weights, fused AdamW, same schedule,
    same initial weights, same rows): tokens/s and MFU of ladder's loop
-   (``tasks.train.loop.train`` with its defaults: ``train.attention: auto`` is dense on CPU, the
-   spike guard on, a checkpoint every quarter of the run: "ladder guarded") and of
-   ``transformers.Trainer`` (the model's sdpa kernel with the dense (1, T, T) mask per row,
-   derived on the fly as ladder's loader does; one plain process, as its users run it on CPU).
-   The shapes: today's (d_model 256, 4 layers, sequences of 128) and a larger one (d_model 512,
-   4 layers, sequences of 512). Also ladder with ``train.attention: varlen`` ("varlen": no mask,
-   each document attended on its own), also with ``train.compile`` ("compiled"; its compile,
-   about a minute, is in the first interval, which the rate leaves out), each as the default
-   runs and "bare" (no guard, no checkpoints: the step alone); at today's shape also the dense
-   default bare and with the guard alone ("guard"), so the guard's and the checkpoints' costs
-   show. The Trainer runs twice: saving a checkpoint as often as ladder does ("HF Trainer
-   saving": its model, optimizer, scheduler and RNG states) and not at all ("HF Trainer"). Each
-   ladder row's ratio is against the Trainer run with the same checkpoints, so that the ratio
-   measures the code, not the settings.
+   (``tasks.train.loop.train`` with its defaults: ``train.attention: auto`` is varlen on CPU,
+   each document attended on its own with no mask, the spike guard on, a checkpoint every
+   quarter of the run: "ladder guarded") and of ``transformers.Trainer`` (the model's sdpa
+   kernel with the dense (1, T, T) mask per row, derived on the fly as ladder's loader does; one
+   plain process, as its users run it on CPU). The shapes: today's (d_model 256, 4 layers,
+   sequences of 128) and a larger one (d_model 512, 4 layers, sequences of 512). Also ladder
+   with ``train.compile`` ("compiled"; its compile, about a minute, is in the first interval,
+   which the rate leaves out) and with ``train.attention: dense`` ("dense": the same mask as the
+   Trainer's), and the default and compiled runs "bare" (no guard, no checkpoints: the step
+   alone); at today's shape also with the guard alone ("guard"), so the guard's and the
+   checkpoints' costs show. The Trainer runs twice: saving a checkpoint as often as ladder does
+   ("HF Trainer saving": its model, optimizer, scheduler and RNG states) and not at all ("HF
+   Trainer"). Each ladder row's ratio is against the Trainer run with the same checkpoints, so
+   that the ratio measures the code, not the settings.
 3. Attention alone at sequence 512, 1024 and 2048 (bf16, 8 heads of 64, 4096 tokens per call,
    documents of 100-500 tokens), each including the making of its mask from the document ids:
    the dense mask with sdpa (``train.attention: dense``) against FlexAttention over
@@ -218,17 +218,14 @@ def compare_loops(shape: Shape, peaks: dict[str, float], repeats: int) -> None:
         model_cfg = resolve_model_config(cfg, PackedShards(root / "train"))
         runs: dict[str, TrainConfig | bool] = {
             "ladder guarded": cfg,
-            "ladder varlen": ladder_config(shape, peak, attention="varlen"),
-            "ladder varlen compiled": ladder_config(shape, peak, attention="varlen", compile=True),
-            "ladder varlen bare": ladder_config(shape, peak, guard=False, checkpoints=False, attention="varlen"),
-            "ladder varlen compiled bare": ladder_config(
-                shape, peak, guard=False, checkpoints=False, attention="varlen", compile=True
-            ),
+            "ladder compiled": ladder_config(shape, peak, compile=True),
+            "ladder dense": ladder_config(shape, peak, attention="dense"),
+            "ladder bare": ladder_config(shape, peak, guard=False, checkpoints=False),
+            "ladder compiled bare": ladder_config(shape, peak, guard=False, checkpoints=False, compile=True),
             TRAINER_SAVING: True,
             TRAINER: False,
         }
         if shape is SHAPES[0]:
-            runs["ladder bare"] = ladder_config(shape, peak, guard=False, checkpoints=False)
             runs["ladder guard"] = ladder_config(shape, peak, checkpoints=False)
         best: dict[str, float] = {}
         for attempt, (name, run) in itertools.product(range(repeats), runs.items()):
@@ -241,7 +238,7 @@ def compare_loops(shape: Shape, peaks: dict[str, float], repeats: int) -> None:
             best[name] = max(best.get(name, 0.0), rate)
     per_token = flops_per_token(model_cfg, shape.seq_len, include_logits=True)
     params = count_params(model_cfg)
-    kernel = attention_kernel(cfg.attention, torch.device("cpu"), model_cfg.attn_implementation)
+    kernel = attention_kernel(cfg.attention, torch.device("cpu"), model_cfg.attn_implementation, cfg.precision)
     print(f"\n{shape.name} shape: d_model {model_cfg.d_model}, {model_cfg.n_layers} layers, "
           f"{params['non_embedding'] / 1e6:.2f}M non-embedding + {params['embedding'] / 1e6:.2f}M embedding parameters, "
           f"{per_token / 1e6:.1f} MFLOP/token; batch {shape.batch} x {shape.seq_len}, {shape.steps} steps, "

@@ -204,21 +204,54 @@ BUCKET_TOKENS = 64
 
 @dataclass(frozen=True)
 class DocumentSegments:
-    """Where each document of a packed (B, T) batch lies, grouped into buckets of padded length.
+    """Where the spans attention runs over lie in a packed (B, T) batch, grouped into buckets of one padded length.
 
-    ``gather[i]`` (n_i, L_i): the flat positions (``b * T + t``) of bucket i's documents, one per
-    row, right-padded to L_i by repeating the document's last position. ``scatter`` (B * T,):
-    each token's place among all buckets' padded positions laid end to end.
+    A span is one document, attended causally, or, when ``rows_mask`` (B, T, T) is set, each
+    whole row, attended with it (True: the key is this query's or before it, in its document; see
+    ``document_segments``). ``gather[i]`` (n_i, L_i): the flat positions (``b * T + t``) of
+    bucket i's spans, one per row, right-padded to L_i by repeating the span's last position.
+    Per token (B * T,): ``scatter``, its place among all buckets' padded positions laid end to
+    end; ``within``, its index in its span; ``span``, its bucket's L_i.
     """
 
     gather: tuple[torch.Tensor, ...]
+    rows_mask: torch.Tensor | None
     scatter: torch.Tensor
+    within: torch.Tensor
+    span: torch.Tensor
+    seq_len: int
 
     def to(self, device: torch.device | str | None) -> DocumentSegments:
         """The same segments on ``device``."""
         return DocumentSegments(
-            tuple(idx.to(device, non_blocking=True) for idx in self.gather), self.scatter.to(device, non_blocking=True)
+            tuple(idx.to(device, non_blocking=True) for idx in self.gather),
+            None if self.rows_mask is None else self.rows_mask.to(device, non_blocking=True),
+            self.scatter.to(device, non_blocking=True), self.within.to(device, non_blocking=True),
+            self.span.to(device, non_blocking=True), self.seq_len,
         )
+
+    def gather_rows(self, heads: int) -> torch.Tensor:
+        """Rows of a (B, heads, T, D) tensor seen as (B * heads * T, D): bucket after bucket, each (span, head, position).
+
+        Gathered so, each bucket is a contiguous (n_i, heads, L_i, D) block: the attention
+        products read it as it lies, with no transposed copies.
+        """
+        import torch
+
+        rows = []
+        for idx in self.gather:
+            row, t = idx // self.seq_len, idx % self.seq_len  # (n, L)
+            head = torch.arange(heads, device=idx.device)[None, :, None]
+            rows.append(((row[:, None, :] * heads + head) * self.seq_len + t[:, None, :]).view(-1))  # (n * heads * L,)
+        return torch.cat(rows)
+
+    def scatter_rows(self, heads: int) -> torch.Tensor:
+        """For each (token, head) in (B, T, heads) order, its row among the gathered buckets' outputs, each (span, head, position)."""
+        import torch
+
+        span_start = heads * (self.scatter - self.within)  # (B * T,): where the token's span starts, heads included
+        head = torch.arange(heads, device=self.scatter.device)[None, :]
+        return (span_start + self.within)[:, None] + head * self.span[:, None]  # (B * T, heads)
 
 
 def document_segments(doc_ids: np.ndarray, bucket_tokens: int = BUCKET_TOKENS) -> DocumentSegments:
@@ -228,52 +261,80 @@ def document_segments(doc_ids: np.ndarray, bucket_tokens: int = BUCKET_TOKENS) -
     it attends only to padding, as in the dense mask. Documents are bucketed by length rounded
     up to a multiple of ``bucket_tokens`` (at most T): a batch makes at most T / bucket_tokens
     attention calls, not one per document, and pads no document by more than bucket_tokens - 1.
+    A batch whose padded documents would cost more than the B * T^2 scores of its whole rows
+    (short rows: at T = 128 and 64-token buckets, nearly every batch) is instead one bucket of
+    its rows with their masks: fewer scores, and nothing gathered or scattered.
     """
     import torch
 
     batch, seq_len = doc_ids.shape
+    positions = np.arange(batch * seq_len)
     starts = np.ones((batch, seq_len), dtype=bool)
     starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
     first = np.flatnonzero(starts)  # flat start of every document, in row order
     lengths = np.diff(np.append(first, batch * seq_len))
     buckets = np.minimum(-(-lengths // bucket_tokens) * bucket_tokens, seq_len)
-    gather, scatter, offset = [], np.empty(batch * seq_len, dtype=np.int64), 0
+    if (buckets.astype(np.float64) ** 2).sum() > batch * seq_len**2:
+        allowed = (doc_ids[:, :, None] == doc_ids[:, None, :]) & np.tri(seq_len, dtype=bool)  # (B, T, T)
+        return DocumentSegments(
+            (torch.from_numpy(positions.reshape(batch, seq_len)),), torch.from_numpy(allowed),
+            torch.from_numpy(positions), torch.from_numpy(positions % seq_len), torch.full((batch * seq_len,), seq_len), seq_len,
+        )
+    gather = []
+    scatter, within, span = (np.empty(batch * seq_len, dtype=np.int64) for _ in range(3))
+    offset = 0
     for size in np.unique(buckets):
         docs = np.flatnonzero(buckets == size)
         step = np.arange(size)
         gather.append(torch.from_numpy(first[docs, None] + np.minimum(step, lengths[docs, None] - 1)))  # (n, L)
         real = step < lengths[docs, None]  # (n, L)
-        scatter[(first[docs, None] + step)[real]] = offset + np.flatnonzero(real)
+        placed = (first[docs, None] + step)[real]
+        scatter[placed] = offset + np.flatnonzero(real)
+        within[placed] = np.broadcast_to(step, real.shape)[real]
+        span[placed] = size
         offset += docs.size * size
-    return DocumentSegments(tuple(gather), torch.from_numpy(scatter))
+    return DocumentSegments(
+        tuple(gather), None, torch.from_numpy(scatter), torch.from_numpy(within), torch.from_numpy(span),
+        seq_len,
+    )
 
 
-def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+def causal_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
     """Causal softmax attention, query (N, H, L, D), key and value (N, H_kv, L, D) -> (N, H, L, D).
 
-    On a GPU, sdpa's fused kernel. On CPU, the product written out: the causal bias added by
-    the score matmul itself (baddbmm) and the softmax in the scores' dtype (the CPU kernel
-    accumulates bf16 in fp32). At L <= 512, D = 64 its forward + backward took a quarter to a
-    half of the time of sdpa's CPU flash kernel, whose backward is slow, and half of HF eager's
-    form (a separate mask op and fp32 copies of the scores) (torch 2.13, one thread). Grouped-query
-    heads share their key-value head through a reshape, not a copy: head h reads key head
-    h // (H / H_kv), as transformers' ``repeat_kv`` lays them out.
+    ``allowed`` (N, L, L) bool, when given, is the mask itself (True = may attend; causal and
+    more), else plain causal. On a GPU, sdpa's fused kernel. On CPU, the product written out:
+    the bias added and the scale applied by the score matmul itself (baddbmm) and the softmax in
+    the scores' dtype (the CPU kernel accumulates bf16 in fp32). At L <= 512, D = 64 its
+    forward + backward took a quarter to a half of the time of sdpa's CPU flash kernel, whose
+    backward is slow, and half of HF eager's form (a separate mask op and fp32 copies of the
+    scores) (torch 2.13, one thread). Grouped-query heads share their key-value head through a
+    reshape, not a copy: head h reads key head h // (H / H_kv), as transformers' ``repeat_kv``
+    lays them out.
     """
     import torch
 
     if query.device.type != "cpu":
         return torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, is_causal=True, scale=scale, enable_gqa=key.shape[1] != query.shape[1]
+            query, key, value, attn_mask=None if allowed is None else allowed[:, None], is_causal=allowed is None,
+            scale=scale, enable_gqa=key.shape[1] != query.shape[1],
         )
-    docs, heads, size, head_dim = query.shape
+    spans, heads, size, head_dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
-    future = torch.ones(size, size, dtype=torch.bool, device=query.device).triu(1)
-    bias = torch.zeros(size, size, dtype=query.dtype, device=query.device).masked_fill_(future, float("-inf"))
-    grouped = (query * scale).reshape(docs * kv_heads, group * size, head_dim)  # a group's queries, one after another
-    scores = torch.baddbmm(bias.repeat(group, 1), grouped, key.reshape(docs * kv_heads, size, head_dim).transpose(1, 2))
-    out = scores.softmax(-1) @ value.reshape(docs * kv_heads, size, head_dim)  # (N * H_kv, group * L, D)
-    return out.view(docs, heads, size, head_dim)
+    if allowed is None:
+        # (group * L, L), the same for every span and head: the batched matmul broadcasts it.
+        bias = torch.full((size, size), float("-inf"), dtype=query.dtype, device=query.device).triu(1).repeat(group, 1)
+    else:
+        bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device).masked_fill_(~allowed, float("-inf"))
+        bias = bias[:, None, None].expand(spans, kv_heads, group, size, size).reshape(spans * kv_heads, group * size, size)
+    grouped = query.reshape(spans * kv_heads, group * size, head_dim)  # a group's queries, one after another
+    keys = key.reshape(spans * kv_heads, size, head_dim).transpose(1, 2)
+    scores = torch.baddbmm(bias, grouped, keys, alpha=scale)
+    out = scores.softmax(-1) @ value.reshape(spans * kv_heads, size, head_dim)  # (N * H_kv, group * L, D)
+    return out.view(spans, heads, size, head_dim)
 
 
 def varlen_attention_forward(
@@ -293,7 +354,8 @@ def varlen_attention_forward(
     query (B, H, T, D), key and value (B, H_kv, T, D); returns (B, T, H, D). Each bucket of
     documents is one ``causal_attention`` call with no mask, so the work grows with the
     documents' lengths squared, not T^2, and no (B, 1, T, T) mask is made. Right padding needs
-    no mask: a causal query never sees the keys after it.
+    no mask: a causal query never sees the keys after it. A batch that costs less as whole rows
+    (see ``document_segments``) is one call over them, with their masks.
     """
     import torch
 
@@ -302,19 +364,29 @@ def varlen_attention_forward(
     if dropout:
         raise ValueError(f"attention {VARLEN_KERNEL!r} has no attention dropout: set the model's attention_dropout to 0")
     batch, heads, seq_len, head_dim = query.shape
-
-    def tokens(x: torch.Tensor) -> torch.Tensor:
-        return x.transpose(1, 2).reshape(batch * seq_len, x.shape[1], head_dim)  # (B * T, heads, D)
-
-    q, k, v = tokens(query), tokens(key), tokens(value)
+    kv_heads = key.shape[1]
+    if torch.is_autocast_enabled(query.device.type):
+        # RoPE leaves q and k in fp32 (its cos and sin are) and the products would cast them: cast first, gather half the bytes.
+        dtype = torch.get_autocast_dtype(query.device.type)
+        query, key, value = (x.to(dtype) for x in (query, key, value))
+    segments = document_segments
+    if segments.rows_mask is not None:  # the batch as it lies: nothing to gather
+        return causal_attention(query, key, value, scaling, segments.rows_mask).transpose(1, 2), None
+    q_rows = segments.gather_rows(heads)
+    kv_rows = q_rows if kv_heads == heads else segments.gather_rows(kv_heads)
+    # One index_select per tensor, not x[rows] (whose backward, on CPU, is several times slower than index_add) nor one
+    # per bucket; split, not slicing: the backward of each would fill a zero tensor of the whole.
+    q = query.reshape(-1, head_dim).index_select(0, q_rows)
+    k, v = (x.reshape(-1, head_dim).index_select(0, kv_rows) for x in (key, value))
+    shapes = [idx.shape for idx in segments.gather]
+    q_parts = q.split([n * heads * size for n, size in shapes])
+    k_parts, v_parts = (x.split([n * kv_heads * size for n, size in shapes]) for x in (k, v))
     outputs = []
-    for idx in document_segments.gather:
-        docs, size = idx.shape
-        # index_select, not x[idx]: its backward is index_add, several times faster on CPU than indexing's.
-        docs_qkv = (x.index_select(0, idx.view(-1)).view(docs, size, x.shape[1], head_dim).transpose(1, 2) for x in (q, k, v))
-        out = causal_attention(*docs_qkv, scaling)  # (n, H, L, D)
-        outputs.append(out.transpose(1, 2).reshape(docs * size, heads, head_dim))
-    out = torch.cat(outputs).index_select(0, document_segments.scatter)  # (B * T, H, D)
+    for (n, size), q_b, k_b, v_b in zip(shapes, q_parts, k_parts, v_parts, strict=True):
+        kv_shape = (n, kv_heads, size, head_dim)
+        out = causal_attention(q_b.view(n, heads, size, head_dim), k_b.view(kv_shape), v_b.view(kv_shape), scaling)
+        outputs.append(out.view(-1, head_dim))  # (n * H * L, D)
+    out = torch.cat(outputs).index_select(0, segments.scatter_rows(heads).view(-1))  # (B * T * H, D)
     return out.view(batch, seq_len, heads, head_dim), None
 
 

@@ -158,9 +158,10 @@ class TrainConfig(Section):
         "by PyTorch FlexAttention, which skips the tiles no document spans (training needs a GPU: torch has no "
         "FlexAttention backward on CPU; its first call compiles for about 30 s); varlen: no mask, each document "
         "attended on its own, documents of like length batched together (models.llama.varlen_attention_forward), "
-        "work growing with the documents' lengths squared; on CPU its bf16 steps were 1.1-1.4x as fast as dense's "
-        "at bench/train.py's shapes and the tiny profile's, its fp32 steps 0.9x at the tiny profile's (7 heads of 16), "
-        "with the same loss curve to float rounding. auto: flex on a GPU, dense on a CPU.",
+        "work growing with the documents' lengths squared (a batch of short rows that would cost more so is "
+        "attended row by row with its mask); the same loss curve as dense to float rounding; on CPU its bf16 steps "
+        "were 1.26x and 1.34x as fast as dense's at bench/train.py's two shapes, its fp32 steps 0.92x at the tiny "
+        "profile's top rung. auto: flex on a GPU; on a CPU varlen in bf16, dense in fp32.",
     )
     compile: bool = Field(
         False,

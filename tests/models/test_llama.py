@@ -197,12 +197,25 @@ def test_document_segments_put_every_token_back_where_it_was() -> None:
     positions = torch.arange(docs.size)
     padded = torch.cat([positions[idx].view(-1) for idx in segments.gather])
     assert torch.equal(padded[segments.scatter], positions)
+    assert segments.rows_mask is None
 
 
+def test_a_batch_that_costs_less_whole_goes_row_by_row_with_the_dense_mask() -> None:
+    docs = np.array([[0] * 5 + [1] * 20 + [2] * 15, [7] * 9 + [8] * 24 + [-1] * 7])
+    # In buckets of 32 tokens its six documents (the padding one of them) would cost 6 x 32^2 scores, more than 2 x 40^2.
+    segments = document_segments(docs, bucket_tokens=32)
+    dense = (docs[:, :, None] == docs[:, None, :]) & np.tril(np.ones((40, 40), dtype=bool))
+    assert torch.equal(segments.rows_mask, torch.from_numpy(dense))
+    assert [idx.tolist() for idx in segments.gather] == [np.arange(80).reshape(2, 40).tolist()]
+    assert torch.equal(segments.scatter, torch.arange(80))
+
+
+@pytest.mark.parametrize("bucket_tokens", [16, 150])
 @pytest.mark.parametrize("qk_norm", [False, True])
 @pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
-def test_varlen_attention_matches_the_dense_mask(qk_norm: bool, n_kv_heads: int) -> None:
-    """The same logits and gradients as sdpa with the dense document mask, GQA included."""
+def test_varlen_attention_matches_the_dense_mask(qk_norm: bool, n_kv_heads: int, bucket_tokens: int) -> None:
+    """The same logits and gradients as sdpa with the dense document mask, GQA included, by
+    buckets of documents (16) and row by row (150: every document padded to the whole row)."""
     batch, seq_len = 3, 150
     cfg = ModelConfig(vocab_size=VOCAB, d_model=64, n_heads=4, n_kv_heads=n_kv_heads, qk_norm=qk_norm, max_seq_len=seq_len)
     docs = _packed_doc_ids(batch, seq_len, seed=n_kv_heads)
@@ -214,7 +227,7 @@ def test_varlen_attention_matches_the_dense_mask(qk_norm: bool, n_kv_heads: int)
     dense_mask = torch.from_numpy((docs[:, :, None] == docs[:, None, :]) & np.tril(np.ones((seq_len, seq_len), bool)))
     runs = {
         "sdpa": {"attention_mask": dense_mask[:, None]},
-        varlen_kernel(): {"document_segments": document_segments(docs, bucket_tokens=16)},
+        varlen_kernel(): {"document_segments": document_segments(docs, bucket_tokens=bucket_tokens)},
     }
     logits, grads = {}, {}
     for kernel, mask_inputs in runs.items():
@@ -223,7 +236,11 @@ def test_varlen_attention_matches_the_dense_mask(qk_norm: bool, n_kv_heads: int)
         logits[kernel] = model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **mask_inputs).logits
         logits[kernel].square().mean().backward()
         grads[kernel] = {name: p.grad for name, p in model.named_parameters()}
-    assert len(runs[varlen_kernel()]["document_segments"].gather) > 2  # several buckets, padding within them
+    segments = runs[varlen_kernel()]["document_segments"]
+    if bucket_tokens < seq_len:
+        assert segments.rows_mask is None and len(segments.gather) > 2  # several buckets, padding within them
+    else:
+        assert segments.rows_mask is not None
     torch.testing.assert_close(logits[varlen_kernel()], logits["sdpa"], rtol=1e-5, atol=1e-5)
     for name, grad in grads["sdpa"].items():
         torch.testing.assert_close(grads[varlen_kernel()][name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
+from models.llama import VARLEN_KERNEL
 from tasks.train.engine import attention_kernel
 from tasks.train.loader import PackedLoader
 from tasks.train.shards import PackedShards
@@ -16,16 +17,18 @@ from train_fixtures import SEQ_LEN
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
-def test_auto_is_dense_on_cpu_and_flex_on_a_gpu() -> None:
-    assert attention_kernel("auto", CPU, "sdpa") == "sdpa"
-    assert attention_kernel("auto", CUDA, "sdpa") == "flex_attention"
-    assert attention_kernel("dense", CUDA, "eager") == "eager"
-    assert attention_kernel("flex", CUDA, "sdpa") == "flex_attention"
+def test_auto_is_flex_on_a_gpu_and_on_cpu_varlen_in_bf16_and_dense_in_fp32() -> None:
+    assert attention_kernel("auto", CPU, "sdpa", "bf16") == VARLEN_KERNEL
+    assert attention_kernel("auto", CPU, "sdpa", "fp32") == "sdpa"
+    assert attention_kernel("dense", CPU, "sdpa", "bf16") == "sdpa"
+    assert attention_kernel("auto", CUDA, "sdpa", "bf16") == "flex_attention"
+    assert attention_kernel("dense", CUDA, "eager", "bf16") == "eager"
+    assert attention_kernel("flex", CUDA, "sdpa", "fp32") == "flex_attention"
 
 
 def test_flex_on_cpu_is_refused_with_the_way_out() -> None:
     with pytest.raises(ValueError, match="no FlexAttention backward on CPU.*dense or auto"):
-        attention_kernel("flex", CPU, "sdpa")
+        attention_kernel("flex", CPU, "sdpa", "bf16")
 
 
 def test_flex_inputs_carry_a_block_mask_and_no_dense_one(shards_root: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.llama import VARLEN_KERNEL, DocumentSegments, ModelConfig, build_model
+from models.llama import BUCKET_TOKENS, VARLEN_KERNEL, DocumentSegments, ModelConfig, build_model, document_segments
 from tasks.train.continued import resolve_model_config
 from tasks.train.engine import TrainEngine, attention_kernel, init_distributed
 from tasks.train.loader import PackedLoader
@@ -24,25 +24,30 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 def test_varlen_is_the_same_kernel_on_any_device() -> None:
-    assert attention_kernel("varlen", CPU, "sdpa") == VARLEN_KERNEL
-    assert attention_kernel("varlen", CUDA, "eager") == VARLEN_KERNEL
+    assert attention_kernel("varlen", CPU, "sdpa", "bf16") == VARLEN_KERNEL
+    assert attention_kernel("varlen", CUDA, "eager", "bf16") == VARLEN_KERNEL
 
 
 def test_varlen_inputs_carry_segments_and_no_mask(shards_root: Path) -> None:
     batch = next(iter(PackedLoader(PackedShards(shards_root / "train"), 4, seed=0)))
-    inputs = batch.model_inputs(attention_kernel("varlen", CPU, "sdpa"))
+    inputs = batch.model_inputs(attention_kernel("varlen", CPU, "sdpa", "bf16"))
     assert "attention_mask" not in inputs
     assert isinstance(inputs["document_segments"], DocumentSegments)
 
 
+@pytest.mark.parametrize("bucket_tokens", [8, BUCKET_TOKENS])
 @pytest.mark.parametrize("qk_norm", [False, True])
-def test_packed_document_sees_only_itself(batches, qk_norm: bool) -> None:
+def test_packed_document_sees_only_itself(batches, qk_norm: bool, bucket_tokens: int) -> None:
+    """Each document on its own (8-token buckets) and, as the loader's default buckets take these
+    short rows, row by row with the mask."""
     model = build_model(ModelConfig(vocab_size=packing.VOCAB, qk_norm=qk_norm, max_seq_len=packing.SEQ_LEN), seed=0).eval()
-    model.set_attn_implementation(attention_kernel("varlen", CPU, "sdpa"))
-    logits = {
-        name: packing._logits_of_a(model, batch, start, batch.model_inputs(VARLEN_KERNEL))
-        for name, (batch, start) in batches.items()
-    }
+    model.set_attn_implementation(attention_kernel("varlen", CPU, "sdpa", "bf16"))
+    logits = {}
+    for name, (batch, start) in batches.items():
+        inputs = batch.model_inputs(VARLEN_KERNEL)
+        segments = document_segments(batch.doc_index, bucket_tokens)
+        assert (segments.rows_mask is None) == (bucket_tokens == 8)
+        logits[name] = packing._logits_of_a(model, batch, start, {**inputs, "document_segments": segments})
     torch.testing.assert_close(logits["B then A"], logits["C then A"], rtol=0, atol=1e-5)
     torch.testing.assert_close(logits["B then A"], logits["A alone"], rtol=0, atol=1e-5)
 
