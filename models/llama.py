@@ -18,6 +18,7 @@ ladder can size a model without building it; a test holds them equal to the buil
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -32,6 +33,12 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
 IGNORE_INDEX = -100
+
+# transformers' from_pretrained swaps class attributes (PreTrainedModel.tie_weights, init_weights)
+# in and out without a lock: two loads at once in one process (the scaling stage logs its rungs
+# from threads and scores finished rungs beside them) can leave weight tying off for the rest of
+# the process, so later models get an untied lm_head. Hold this around every load.
+LOADING = threading.Lock()
 
 
 class ModelConfig(Section):

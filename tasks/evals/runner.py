@@ -22,6 +22,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from models.llama import LOADING
 from tasks.evals.config import RunConfig
 from tasks.evals.stats import RATIO_METRICS, ItemResults, ItemScores, ratio_metric
 from tasks.evals.suite import PPL, Suite
@@ -166,14 +167,15 @@ def load_lm(model_dir: Path, suite: Suite, cfg: RunConfig, tokenizer_dir: Path |
     tokenizer_source = tokenizer_dir or model_dir
     if not any((tokenizer_source / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise ValueError(f"no tokenizer files in {tokenizer_source}: copy the tokenizer into the model directory")
-    lm = HFLM(
-        pretrained=str(model_dir),
-        tokenizer=str(tokenizer_source),
-        batch_size=cfg.batch_size,
-        device=cfg.device,
-        dtype=cfg.dtype,
-        max_length=cfg.max_length,
-    )
+    with LOADING:
+        lm = HFLM(
+            pretrained=str(model_dir),
+            tokenizer=str(tokenizer_source),
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            max_length=cfg.max_length,
+        )
     # Only the suite's own tasks: indexing lm-eval's thousands of built-in YAMLs costs more than the tiny eval.
     return lm, TaskManager(include_path=str(suite.include_path), include_defaults=False)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,8 @@ class TrainedRung:
 
 
 def train_rungs(
-    ws: Workspace, scaling: ScalingConfig, train: TrainConfig, inputs: TrainInputs, parent_run_id: str | None
+    ws: Workspace, scaling: ScalingConfig, train: TrainConfig, inputs: TrainInputs, parent_run_id: str | None,
+    when_idle: Callable[[int, Artifact], None] | None = None,
 ) -> list[TrainedRung]:
     """Train every rung and its decay branches (``scaling.parallel`` runs side by side); each is a child run of the
     scaling run.
@@ -114,6 +115,8 @@ def train_rungs(
     A branch starts once its stable run has finished, from a copy of the stable run's checkpoint
     at the branch's decay start; it names the stable run's version among its inputs. A rung
     that will pass over the train split more than once is announced before it trains.
+    ``when_idle(index, artifact)`` is called once for each rung whose run has finished, as soon as
+    a lane has nothing left to train, while the other lanes go on.
     """
     shards = PackedShards(inputs.train_shards)
     seq_len = shards.seq_len
@@ -141,7 +144,20 @@ def train_rungs(
     }
     running: dict[Any, tuple[int, int | None]] = {}
     trained: dict[tuple[int, int | None], Artifact] = {}
+    idled: set[int] = set()
     store = ws.store()
+
+    def queue_branches(i: int) -> None:
+        stable = configs[i]
+        for j, branch in enumerate(rung_branches[i]):
+            branch_inputs = replace(inputs, versions={**inputs.versions, "stable_run": trained[(i, None)].ref.version})
+            branch_dir = run_dir(ws, branch, branch_inputs)  # named by the branch's artifact version
+            if store.lookup(TRAIN_STAGE, branch_dir.name) is None:
+                seed_branch(stable, run_dir(ws, stable, inputs) / CHECKPOINTS_DIR, branch, branch_dir / CHECKPOINTS_DIR, seq_len)
+            job_inputs[(i, j)] = (branch, branch_inputs)
+            waiting.append((i, j))
+        waiting.sort(key=cost, reverse=True)
+
     while waiting or running:
         while waiting and len(running) < scaling.parallel:
             job = waiting.pop(0)
@@ -150,18 +166,12 @@ def train_rungs(
         finished = next(as_completed(list(running)))
         job = running.pop(finished)
         trained[job] = finished.result()[0]
-        i, b = job
-        if b is not None:
-            continue
-        stable = configs[i]
-        for j, branch in enumerate(rung_branches[i]):
-            branch_inputs = replace(inputs, versions={**inputs.versions, "stable_run": trained[job].ref.version})
-            branch_dir = run_dir(ws, branch, branch_inputs)  # named by the branch's artifact version
-            if store.lookup(TRAIN_STAGE, branch_dir.name) is None:
-                seed_branch(stable, run_dir(ws, stable, inputs) / CHECKPOINTS_DIR, branch, branch_dir / CHECKPOINTS_DIR, seq_len)
-            job_inputs[(i, j)] = (branch, branch_inputs)
-            waiting.append((i, j))
-        waiting.sort(key=cost, reverse=True)
+        if job[1] is None:
+            queue_branches(job[0])
+        if when_idle is not None and not waiting and len(running) < scaling.parallel:
+            for i in sorted(i for i, branch in trained if branch is None and i not in idled):
+                idled.add(i)
+                when_idle(i, trained[(i, None)])
     return [
         TrainedRung(cfg, trained[(i, None)], tuple((branch, trained[(i, j)]) for j, branch in enumerate(rung_branches[i])))
         for i, cfg in enumerate(configs)
@@ -178,24 +188,40 @@ def collect_points(scaling: ScalingConfig, rungs: list[TrainedRung], seq_len: in
     return points
 
 
-def score_rungs(
-    rungs: list[TrainedRung], seq_len: int, tokenizer_dir: Path, suite: Suite, run: RunConfig,
-    scaling: ScalingConfig,
-) -> RungScores:
+class RungScorer:
     """Each rung's final checkpoint scored on the suite's first ``scaling.task_scores.rung_items`` items per task
-    (``rung_documents`` documents per perplexity task)."""
-    started = time.perf_counter()
-    samples = rung_samples([rung.artifact.path / MODEL_DIR for rung in rungs], tokenizer_dir, suite, run,
-                           scaling.task_scores.rung_items, scaling.task_scores.rung_documents)
-    items, unpredicted = task_items(samples, suite, scaling.task_scores.metrics)
-    for name, why in unpredicted.items():
-        log.warning("no score prediction for %s: %s", name, why)
-    return RungScores(
-        n_params=tuple(float(count_params(rung.cfg.model)["non_embedding"]) for rung in rungs),
-        n_tokens=tuple(float(rung.cfg.total_steps(seq_len) * tokens_per_step(rung.cfg, seq_len)) for rung in rungs),
-        items=items, unpredicted=unpredicted, higher_is_better=dict(suite.higher_is_better),
-        seconds=time.perf_counter() - started,
-    )
+    (``rung_documents`` documents per perplexity task), one rung at a time: ``score`` as a rung finishes
+    (``train_rungs``' ``when_idle``, on a core the last rungs leave free), ``result`` for the rest."""
+
+    def __init__(self, tokenizer_dir: Path, suite: Suite, run: RunConfig, scaling: ScalingConfig) -> None:
+        self.tokenizer_dir, self.suite, self.run, self.scaling = tokenizer_dir, suite, run, scaling
+        self.samples: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        self.seconds = 0.0
+
+    def score(self, index: int, artifact: Artifact) -> None:
+        """Score rung ``index``'s final checkpoint, unless it is scored."""
+        if index in self.samples:
+            return
+        started = time.perf_counter()
+        task_scores = self.scaling.task_scores
+        (self.samples[index],) = rung_samples([artifact.path / MODEL_DIR], self.tokenizer_dir, self.suite, self.run,
+                                              task_scores.rung_items, task_scores.rung_documents)
+        self.seconds += time.perf_counter() - started
+
+    def result(self, rungs: list[TrainedRung], seq_len: int) -> RungScores:
+        """Every rung's scores, scoring those not scored yet."""
+        for index, rung in enumerate(rungs):
+            self.score(index, rung.artifact)
+        items, unpredicted = task_items([self.samples[i] for i in range(len(rungs))], self.suite,
+                                        self.scaling.task_scores.metrics)
+        for name, why in unpredicted.items():
+            log.warning("no score prediction for %s: %s", name, why)
+        return RungScores(
+            n_params=tuple(float(count_params(rung.cfg.model)["non_embedding"]) for rung in rungs),
+            n_tokens=tuple(float(rung.cfg.total_steps(seq_len) * tokens_per_step(rung.cfg, seq_len)) for rung in rungs),
+            items=items, unpredicted=unpredicted, higher_is_better=dict(self.suite.higher_is_better),
+            seconds=self.seconds,
+        )
 
 
 def _task_scores_markdown(predictions: list[TaskPrediction], unpredicted: dict[str, str]) -> str:
@@ -343,10 +369,11 @@ def run_scaling(
 
     def build(out: Path) -> StageOutput:
         with stage_run(ws, STAGE, cfg, tags=input_tags(inputs.versions), produces=produces) as run:
-            rungs = train_rungs(ws, scaling, train, inputs, run.info.run_id)
-            scores = None
+            scorer = None
             if suite is not None and scaling.task_scores.enabled:
-                scores = score_rungs(rungs, shards.seq_len, inputs.tokenizer_dir, suite, cfg.evals_run, scaling)
+                scorer = RungScorer(inputs.tokenizer_dir, suite, cfg.evals_run, scaling)
+            rungs = train_rungs(ws, scaling, train, inputs, run.info.run_id, None if scorer is None else scorer.score)
+            scores = None if scorer is None else scorer.result(rungs, shards.seq_len)
             output = build_scaling(
                 out, cfg, collect_points(scaling, rungs, shards.seq_len), target(train, shards), unique_tokens(shards),
                 scores,

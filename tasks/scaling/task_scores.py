@@ -426,7 +426,7 @@ class RungScores:
     items: list[TaskItems]
     unpredicted: dict[str, str]  # "<task>/<metric>" -> why it has no prediction
     higher_is_better: dict[str, bool]
-    seconds: float  # wall time of scoring every rung
+    seconds: float  # wall time spent scoring the rungs, summed over them
 
 
 def rung_samples(

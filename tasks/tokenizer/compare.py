@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from tasks.data.document import Document
-from tasks.tokenizer.config import Objective, TokenizerTrainingConfig
+from tasks.data.document import Document, iter_split
+from tasks.tokenizer.config import CandidateKind, Objective, TokenizerTrainingConfig
+from tasks.tokenizer.train import candidate_name, load_encoder, train_candidate, training_texts
 
 ALL_SOURCES = "*"
 
@@ -185,3 +186,22 @@ def plot_rank_frequency(counts: dict[str, np.ndarray], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def evaluate_candidate(
+    kind: CandidateKind, vocab_size: int, data_dir: Path, rate: float, cfg: TokenizerTrainingConfig, path: Path
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Train one candidate on the stage's sample and save it at ``path``; its comparison rows (``COLUMNS``) on the
+    validation split and its token counts on the training sample."""
+    start = time.perf_counter()
+    tokenizer = train_candidate(kind, vocab_size, training_texts(data_dir, rate), cfg)
+    train_seconds = time.perf_counter() - start
+    path.parent.mkdir(parents=True)
+    tokenizer.save(str(path))
+    encoder = load_encoder(path)
+    counts = training_counts(encoder, training_texts(data_dir, rate))
+    rows = validation_rows(encoder, iter_split(data_dir, "validation"), len(cfg.special_tokens))
+    rows[0]["rare_token_mass"] = rare_token_mass(counts, cfg.rare_k)
+    rows[0]["train_seconds"] = train_seconds
+    identity = {"candidate": candidate_name(kind, vocab_size), "kind": kind, "vocab_size": encoder.get_vocab_size()}
+    return [{column: {**identity, **row}.get(column) for column in COLUMNS} for row in rows], counts

@@ -8,8 +8,11 @@ the dataset and tokenizer versions) holds the packed splits under ``shards/<spli
 from __future__ import annotations
 
 import json
-import time
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +25,18 @@ from ladder.artifacts import Artifact, ArtifactRef, Code, StageOutput
 from ladder.tags import DATASET, TOKENIZER
 from ladder.workspace import Workspace
 from tasks.data.dataset import Dataset
-from tasks.data.document import SPLITS, iter_split
+from tasks.data.document import SPLITS
 from tasks.tokenizer.compare import (
     ALL_SOURCES,
-    COLUMNS,
+    evaluate_candidate,
     plot_rank_frequency,
-    rare_token_mass,
     select,
-    training_counts,
-    validation_rows,
     write_csv,
 )
-from tasks.tokenizer.config import CandidateKind, PackingConfig, TokenizerTrainingConfig
+from tasks.tokenizer.config import PackingConfig, TokenizerTrainingConfig
 from tasks.tokenizer.hf import save_hf
 from tasks.tokenizer.pack import pack_split
-from tasks.tokenizer.train import candidate_name, load_encoder, sample_rate, train_candidate, training_texts
+from tasks.tokenizer.train import candidate_name, sample_rate
 
 TOKENIZER_STAGE = "tokenizer"
 SHARDS_STAGE = "shards"
@@ -85,36 +85,22 @@ class TokenizerResult:
     cached: bool
 
 
-def evaluate_candidate(
-    kind: CandidateKind, vocab_size: int, data_dir: Path, rate: float, cfg: TokenizerTrainingConfig, out: Path
-) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Train one candidate into ``out/candidates/<name>/``; its comparison rows and training-sample counts."""
-    name = candidate_name(kind, vocab_size)
-    start = time.perf_counter()
-    tokenizer = train_candidate(kind, vocab_size, training_texts(data_dir, rate), cfg)
-    train_seconds = time.perf_counter() - start
-    path = out / CANDIDATES_DIR / name / "tokenizer.json"
-    path.parent.mkdir(parents=True)
-    tokenizer.save(str(path))
-    encoder = load_encoder(path)
-    counts = training_counts(encoder, training_texts(data_dir, rate))
-    rows = validation_rows(encoder, iter_split(data_dir, "validation"), len(cfg.special_tokens))
-    rows[0]["rare_token_mass"] = rare_token_mass(counts, cfg.rare_k)
-    rows[0]["train_seconds"] = train_seconds
-    identity = {"candidate": name, "kind": kind, "vocab_size": encoder.get_vocab_size()}
-    return [{column: {**identity, **row}.get(column) for column in COLUMNS} for row in rows], counts
-
-
 def build_tokenizer(data_dir: Path, cfg: TokenizerTrainingConfig, out: Path) -> StageOutput:
     """Train every candidate, compare them on validation, select one, save it in HF format."""
     rate = sample_rate(data_dir, cfg.max_train_bytes)
+    jobs = [(kind, vocab_size) for kind in cfg.candidates for vocab_size in cfg.vocab_sizes]
+    paths = [out / CANDIDATES_DIR / candidate_name(*job) / "tokenizer.json" for job in jobs]
     rows: list[dict[str, Any]] = []
     counts: dict[str, np.ndarray] = {}
-    for kind in cfg.candidates:
-        for vocab_size in cfg.vocab_sizes:
-            candidate_rows, counts[candidate_name(kind, vocab_size)] = evaluate_candidate(
-                kind, vocab_size, data_dir, rate, cfg, out
-            )
+    # Each candidate trains on one core (this process keeps the tokenizers thread pool off, and its
+    # trainers would not give the same vocabulary on any number of threads): one worker process a
+    # core trains them side by side, each as it would alone. spawn, not fork: this process holds
+    # Prefect's and MLflow's threads and locks.
+    workers = min(len(jobs), os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        evaluated = pool.map(evaluate_candidate, *zip(*jobs), repeat(data_dir), repeat(rate), repeat(cfg), paths)
+        for job, (candidate_rows, candidate_counts) in zip(jobs, evaluated, strict=True):
+            counts[candidate_name(*job)] = candidate_counts
             rows += candidate_rows
     overall = [row for row in rows if row["source"] == ALL_SOURCES]
     selection = select(overall, cfg)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from ladder.artifacts import Artifact, ArtifactRef, ArtifactStore, Code, StageOutput, stage_version
 from ladder.tags import ARTIFACT_VERSION, LOADER_SEED, input_tags
 from ladder.workspace import Workspace
+from models.llama import LOADING
 from tasks.tokenizer.stage import SHARDS_DIR, SHARDS_STAGE, TOKENIZER_DIR, Tokenized
 from tasks.train.config import TrainConfig
 
@@ -66,13 +66,6 @@ def resolve_inputs(ws: Workspace, tokenized: Tokenized | None) -> TrainInputs:
     return TrainInputs(root / "train", root / "validation", tokenizer.path / TOKENIZER_DIR, versions)
 
 
-# The scaling stage trains rungs in threads, and transformers' from_pretrained swaps class
-# attributes (PreTrainedModel.tie_weights, init_weights) in and out without a lock: two loads
-# at once can leave weight tying off for the rest of the process, so later models get an
-# untied lm_head. One load at a time.
-_LOADING = threading.Lock()
-
-
 def _log_outputs(out: Path) -> None:
     """The final model (transformers flavor), plot, ledger and evidence into the active run; never fatal."""
     import mlflow
@@ -89,7 +82,7 @@ def _log_outputs(out: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model_dir = out / MODEL_DIR
-        with _LOADING:
+        with LOADING:
             components: dict[str, Any] = {"model": AutoModelForCausalLM.from_pretrained(model_dir)}
         if (model_dir / "tokenizer_config.json").exists():
             components["tokenizer"] = AutoTokenizer.from_pretrained(model_dir)
