@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.utils.serialization
 
-from ladder.artifacts import file_sha256
 from tasks.train.config import CheckpointConfig, TrainConfig
 from tasks.train.data import merge_ranges
 from tasks.train.engine import Dist
@@ -96,10 +95,6 @@ def file_crc32(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             crc = zlib.crc32(block, crc)
     return f"{crc:08x}"
-
-
-# checksums.json names its algorithm per file; checkpoints written before CRC-32 carry sha256 and still verify.
-DIGESTS = {"crc32": file_crc32, "sha256": file_sha256}
 
 
 def fsync_path(path: Path) -> None:
@@ -164,11 +159,8 @@ class CheckpointStore:
                 return f"{name} is missing"
             if path.stat().st_size != expected["bytes"]:
                 return f"{name} has {path.stat().st_size} bytes, expected {expected['bytes']} (truncated?)"
-            algorithm = next((a for a in DIGESTS if a in expected), None)
-            if algorithm is None:
-                return f"{name} has no checksum"
-            if DIGESTS[algorithm](path) != expected[algorithm]:
-                return f"{name} does not match its {algorithm}"
+            if file_crc32(path) != expected.get("crc32"):
+                return f"{name} does not match its crc32"
         return None
 
     def newest(self, known_good: bool = False) -> tuple[Checkpoint | None, list[dict[str, Any]]]:
