@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -92,14 +93,17 @@ def build_tokenizer(data_dir: Path, cfg: TokenizerTrainingConfig, out: Path) -> 
     paths = [out / CANDIDATES_DIR / candidate_name(*job) / "tokenizer.json" for job in jobs]
     rows: list[dict[str, Any]] = []
     counts: dict[str, np.ndarray] = {}
-    # Each candidate trains on one core (this process keeps the tokenizers thread pool off, and its
-    # trainers would not give the same vocabulary on any number of threads): one worker process a
-    # core trains them side by side, each as it would alone. spawn, not fork: this process holds
-    # Prefect's and MLflow's threads and locks.
+    arguments = (*zip(*jobs), repeat(data_dir), repeat(rate), repeat(cfg), paths)
+    # Each candidate trains on one core (the tokenizers thread pool stays off, in this process and
+    # in the workers, which inherit its environment): with several candidates, one worker process a
+    # core trains them side by side, each as it would here; one candidate is not worth a process.
+    # spawn, not fork: this process holds Prefect's and MLflow's threads and locks.
     workers = min(len(jobs), os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        evaluated = pool.map(evaluate_candidate, *zip(*jobs), repeat(data_dir), repeat(rate), repeat(cfg), paths)
-        for job, (candidate_rows, candidate_counts) in zip(jobs, evaluated, strict=True):
+    with ExitStack() as stack:
+        run = map
+        if workers > 1:
+            run = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))).map
+        for job, (candidate_rows, candidate_counts) in zip(jobs, run(evaluate_candidate, *arguments), strict=True):
             counts[candidate_name(*job)] = candidate_counts
             rows += candidate_rows
     overall = [row for row in rows if row["source"] == ALL_SOURCES]
