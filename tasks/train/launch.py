@@ -1,10 +1,11 @@
 """Entry point of every training process, and the launcher that starts 1 or N of them.
 
 ``python -m tasks.train.launch --config train.yaml --out RUN_DIR --train-shards DIR
---val-shards DIR`` runs one process; ``run_training`` starts it directly for one process or
-under ``torchrun --standalone --nproc_per_node N`` for more, so the same code trains on 1 or
-N processes (and on a cluster, where infra/ supplies the launcher). Exit code 3 means the
-spike guard's retry budget ran out; ``failure.json`` in the run directory holds the report.
+--val-shards DIR`` runs one process. ``run_training`` forks that process from the training fork
+server (``tasks.train.forkserver``) on a machine without CUDA, starts it fresh on one with CUDA,
+or starts N under ``torchrun --standalone --nproc_per_node N``, so the same code trains on 1 or N
+processes (and on a cluster, where infra/ supplies the launcher). Exit code 3 means the spike
+guard's retry budget ran out; ``failure.json`` in the run directory holds the report.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 
 from ladder.config import build
+from tasks.train import forkserver
 from tasks.train.config import TrainConfig
 
 EXIT_SPIKE_BUDGET = 3
@@ -68,15 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def launch_command(cfg: TrainConfig, config_path: Path, run_dir: Path, train_shards: Path, val_shards: Path,
-                   tokenizer_dir: Path | None = None, mlflow_run_id: str | None = None) -> list[str]:
-    """The command line that trains ``cfg`` on ``cfg.nproc_per_node`` processes."""
-    args = ["-m", "tasks.train.launch", "--config", str(config_path), "--out", str(run_dir),
-            "--train-shards", str(train_shards), "--val-shards", str(val_shards)]
+def launch_args(config_path: Path, run_dir: Path, train_shards: Path, val_shards: Path,
+                tokenizer_dir: Path | None = None, mlflow_run_id: str | None = None) -> list[str]:
+    """The arguments of ``main`` for one run."""
+    args = ["--config", str(config_path), "--out", str(run_dir), "--train-shards", str(train_shards),
+            "--val-shards", str(val_shards)]
     if tokenizer_dir is not None:
         args += ["--tokenizer", str(tokenizer_dir)]
     if mlflow_run_id:
         args += ["--mlflow-run-id", mlflow_run_id]
+    return args
+
+
+def launch_command(cfg: TrainConfig, config_path: Path, run_dir: Path, train_shards: Path, val_shards: Path,
+                   tokenizer_dir: Path | None = None, mlflow_run_id: str | None = None) -> list[str]:
+    """The command line that trains ``cfg`` on ``cfg.nproc_per_node`` fresh processes."""
+    args = ["-m", "tasks.train.launch", *launch_args(config_path, run_dir, train_shards, val_shards, tokenizer_dir, mlflow_run_id)]
     if cfg.nproc_per_node == 1:
         return [sys.executable, *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cfg.nproc_per_node), *args]
@@ -113,28 +122,35 @@ def run_training(
     Output goes to ``run_dir/train.log``. Raises ``TrainingFailed`` with the spike report when
     the retry budget ran out, or with the log's last lines on any other failure.
     """
+    import torch
+
     from tasks.train.loop import RESULT
 
     config_path = write_config(cfg, run_dir, train_shards)
     (run_dir / FAILURE).unlink(missing_ok=True)
-    command = launch_command(cfg, config_path, run_dir, train_shards, val_shards, tokenizer_dir, mlflow_run_id)
-    tail: deque[str] = deque(maxlen=40)
-    with (run_dir / LOG_FILE).open("a", encoding="utf-8") as log_fh:
-        env = child_env()
-        # Always set: torchrun gives each process one thread when it finds none, and a count this
-        # process inherited (a Dask nanny's, for one) is not this run's choice.
-        env["OMP_NUM_THREADS"] = str(cfg.threads_per_process or max(1, (os.cpu_count() or 1) // cfg.nproc_per_node))
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log_fh.write(line)
-            tail.append(line)
-        code = proc.wait()
+    env = child_env()
+    # Always set: torchrun gives each process one thread when it finds none, and a count this
+    # process inherited (a Dask nanny's, for one) is not this run's choice.
+    threads = cfg.threads_per_process or max(1, (os.cpu_count() or 1) // cfg.nproc_per_node)
+    env["OMP_NUM_THREADS"] = str(threads)
+    log = run_dir / LOG_FILE
+    # CUDA does not survive a fork of a process that has touched it, and importing DeepSpeed (or
+    # transformers) asks torch for devices: on a GPU machine each run starts fresh, where the
+    # imports are small against the run anyway.
+    if cfg.nproc_per_node == 1 and not torch.cuda.is_available():
+        args = launch_args(config_path, run_dir, train_shards, val_shards, tokenizer_dir, mlflow_run_id)
+        code = forkserver.SERVER.run(args, cwd=REPO, env=env, log=log, threads=threads)
+    else:
+        command = launch_command(cfg, config_path, run_dir, train_shards, val_shards, tokenizer_dir, mlflow_run_id)
+        with log.open("ab") as log_fh:
+            code = subprocess.run(command, cwd=REPO, env=env, stdout=log_fh, stderr=subprocess.STDOUT).returncode
     if code == EXIT_SPIKE_BUDGET and (run_dir / FAILURE).exists():
         report = json.loads((run_dir / FAILURE).read_text())
         raise TrainingFailed(report["report"], report)
     if code != 0:
-        raise TrainingFailed(f"training exited with code {code}; last lines of {run_dir / LOG_FILE}:\n{''.join(tail)}")
+        with log.open(encoding="utf-8", errors="replace") as lines:
+            tail = "".join(deque(lines, maxlen=40))
+        raise TrainingFailed(f"training exited with code {code}; last lines of {log}:\n{tail}")
     return json.loads((run_dir / RESULT).read_text())
 
 

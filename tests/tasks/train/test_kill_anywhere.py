@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tasks.train.callbacks import METRICS_FILE
-from tasks.train.launch import REPO, child_env, launch_command, run_training, write_config
+from tasks.train.launch import REPO, child_env, launch_args, run_training, write_config
 from tasks.train.loop import EVIDENCE_DIR, MODEL_DIR, train
 from train_fixtures import tiny_config
 
@@ -37,8 +37,8 @@ def _evidence(run_dir: Path) -> dict[str, str]:
     return {path.name: path.read_text() for path in sorted((run_dir / EVIDENCE_DIR).iterdir())}
 
 
-def _kill(run_dir: Path, launch_args: list[str], point: str, n: int) -> None:
-    proc = subprocess.run([sys.executable, str(KILL_AT), point, str(n), *launch_args], cwd=REPO, env=child_env(),
+def _kill(run_dir: Path, args: list[str], point: str, n: int) -> None:
+    proc = subprocess.run([sys.executable, str(KILL_AT), point, str(n), *args], cwd=REPO, env=child_env(),
                           capture_output=True, text=True)
     assert proc.returncode == -9, f"not killed at {point} {n} (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
     assert not (run_dir / "result.json").exists()
@@ -57,8 +57,7 @@ def test_sigkill_at_random_steps_in_a_checkpoint_write_and_around_rollbacks_resu
 
     run_dir = tmp_path / "killed"
     config_path = write_config(cfg, run_dir, shards_root / "train")
-    # One process: [python, -m, tasks.train.launch, ARGS...]; kill_at.py takes the ARGS.
-    launch_args = launch_command(cfg, config_path, run_dir, shards_root / "train", shards_root / "validation")[3:]
+    args = launch_args(config_path, run_dir, shards_root / "train", shards_root / "validation")
     rng = random.Random(13)
     kills = [
         ("step", rng.randint(2, 9)),
@@ -69,7 +68,7 @@ def test_sigkill_at_random_steps_in_a_checkpoint_write_and_around_rollbacks_resu
         ("step", rng.randint(19, 29)),
     ]
     for point, n in kills:
-        _kill(run_dir, launch_args, point, n)
+        _kill(run_dir, args, point, n)
     resumed = run_training(cfg, run_dir, shards_root / "train", shards_root / "validation")
 
     assert resumed["resumed_from"] is not None and resumed["steps"] == control["steps"]
