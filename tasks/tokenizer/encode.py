@@ -102,11 +102,11 @@ class TextEncoder:
         # One sequence of words, not a batch of one-word texts: a text costs the library far more
         # than a word. word_ids says which word each id came from, and every word gives one id or more.
         encoding = self.tokenizer.encode(unseen, is_pretokenized=True, add_special_tokens=False)
-        ids = np.asarray(encoding.ids, dtype=np.int32)
-        starts = np.flatnonzero(np.diff(np.asarray(encoding.word_ids))) + 1
-        parts = np.split(ids, starts)
-        assert len(parts) == len(unseen), "a pre-token gave no ids"
-        self._ids.update(zip(unseen, (part.tobytes() for part in parts)))
+        ids = np.asarray(encoding.ids, dtype=np.int32).tobytes()
+        starts = (np.flatnonzero(np.diff(np.asarray(encoding.word_ids))) + 1) * 4
+        bounds = [0, *starts.tolist(), len(ids)]
+        assert len(bounds) == len(unseen) + 1, "a pre-token gave no ids"
+        self._ids.update(zip(unseen, (ids[start:end] for start, end in zip(bounds, bounds[1:]))))
 
     def _library(self, texts: list[str]) -> list[np.ndarray]:
         # encode_batch_fast leaves out the character offsets, which nothing here reads.
