@@ -91,13 +91,11 @@ def _wait(conn: socket.socket) -> None:
         finally:
             os._exit(code)
     _send(conn, {"pid": pid})
-    run_fd = os.pidfd_open(pid)
-    while True:
-        ready, _, _ = select.select([run_fd, conn], [], [])
-        if run_fd in ready:
-            break
-        if not conn.recv(1):  # the client is gone: nobody will read what the run makes
-            os.kill(pid, signal.SIGTERM)
+    # The client sends nothing more: its end readable means it is gone (the parent died or gave
+    # up), and nobody will read what the run makes.
+    ready, _, _ = select.select([os.pidfd_open(pid), conn], [], [])
+    if conn in ready:
+        os.kill(pid, signal.SIGTERM)
     _, status = os.waitpid(pid, 0)
     try:
         _send(conn, {"code": os.waitstatus_to_exitcode(status)})

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tasks.train.launch import LOG_FILE, TrainingFailed, run_training
+from tasks.train.callbacks import METRICS_FILE
+from tasks.train.launch import LOG_FILE, REPO, TrainingFailed, child_env, run_training
 from tasks.train.perf import peak_cache
 from train_fixtures import tiny_config
 
@@ -32,3 +37,29 @@ def test_a_failed_run_reports_its_traceback_from_its_log_and_the_next_run_trains
     assert "no-such-split" in str(failed.value)
     assert "Traceback" in (tmp_path / "failed" / LOG_FILE).read_text()
     assert run_training(cfg, tmp_path / "next", shards_root / "train", shards_root / "validation")["steps"] == 2
+
+
+def test_a_run_stops_when_the_process_that_started_it_dies(shards_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    script = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+        "from train_fixtures import tiny_config; from tasks.train.launch import run_training; "
+        "run_training(tiny_config(max_steps=100_000, log_every=1), Path(sys.argv[2]), "
+        "Path(sys.argv[3]) / 'train', Path(sys.argv[3]) / 'validation')"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), str(run_dir), str(shards_root)],
+                              cwd=REPO, env=child_env())
+    metrics = run_dir / METRICS_FILE
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 5):
+        assert parent.poll() is None and time.monotonic() < deadline, "the run did not start training"
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    # Its waiter sees the parent's end of the connection close and stops the run: the log stops growing.
+    deadline = time.monotonic() + 60
+    size = -1
+    while size != (size := metrics.stat().st_size):
+        assert time.monotonic() < deadline, "the run kept training after its parent died"
+        time.sleep(2)
+    assert not (run_dir / "result.json").exists()
