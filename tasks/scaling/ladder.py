@@ -57,7 +57,9 @@ class ScalingConfig(Section):
         default_factory=lambda: [0.125, 0.25, 0.5, 1.0],
         description="design=branches: each rung's branch lengths as shares of its longest (the stable run, 1), "
         "shortest first. Geometric (the 5, 10, 20, 40 tokens per parameter of OLMo's ladder, scaled to the "
-        "budget) spreads the points evenly in log D.",
+        "budget) spreads the points evenly in log D. Rungs of a few hundred steps (the tiny profile's) want "
+        "none shorter than half: a shorter branch decays while the loss still falls fast, and ends above the "
+        "law (app/profiles/tiny-branches.yaml).",
     )
     evals_per_rung: int = Field(8, ge=2, description="Validation evaluations along each rung, evenly spaced in steps.")
     min_tokens_fraction: float = Field(
@@ -217,6 +219,17 @@ def branch_steps(branch: TrainConfig, seq_len: int) -> int:
 def trained_steps(rung: TrainConfig, rung_branches: list[TrainConfig], seq_len: int) -> int:
     """Optimizer steps a rung trains: its run, and each branch's decay."""
     return rung.total_steps(seq_len) + sum(branch_steps(b, seq_len) for b in rung_branches)
+
+
+def ladder_flops(scaling: ScalingConfig, train: TrainConfig, shards: PackedShards) -> float:
+    """The ladder's training compute, 6 N D over every optimizer step its rungs train: each rung's
+    run, and for design=branches each branch's decay (the steps it shares with its stable run once)."""
+    seq_len = shards.seq_len
+    return sum(
+        6 * count_params(rung.model)["non_embedding"] * tokens_per_step(rung, seq_len)
+        * trained_steps(rung, branches(scaling, rung, seq_len), seq_len)
+        for rung in plan(scaling, train, shards)
+    )
 
 
 def target(train: TrainConfig, shards: PackedShards) -> tuple[float, float]:

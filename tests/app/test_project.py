@@ -15,5 +15,5 @@ def test_the_tiny_profile_loads_by_name_with_overrides() -> None:
 
 
 def test_an_unknown_profile_names_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown profile 'no-such-profile': use one of \['tiny'\]"):
+    with pytest.raises(ValueError, match=r"unknown profile 'no-such-profile': use one of \['tiny', 'tiny-branches'\]"):
         load(ProjectConfig, "no-such-profile")

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ladder.config import build
-from tasks.scaling.ladder import ScalingConfig, branch_steps, branches, plan, seed_branch, trained_steps
+from app.project import ProjectConfig
+from ladder.config import build, load
+from tasks.scaling.ladder import ScalingConfig, branch_steps, branches, ladder_flops, plan, seed_branch, trained_steps
 from tasks.train.checkpoint import checkpoints, start_branch
 from tasks.train.config import TrainConfig
 from tasks.train.continued import resolve
@@ -94,3 +95,13 @@ def test_branches_within_the_warmup_are_refused(tmp_path: Path) -> None:
     scaling = ScalingConfig(budget=0.01, design="branches", branch_shares=[0.01, 1.0])
     with pytest.raises(ValueError, match="warmup"):
         plan(scaling, TrainConfig(global_batch_size=8, micro_batch_size=8), split)
+
+
+def test_the_tiny_branches_profile_trains_a_ladder_of_todays_compute_at_most(tmp_path: Path) -> None:
+    split = PackedShards(write_shards(tmp_path / "shards", train_docs=20, val_docs=4) / "train")
+    today, branched = (load(ProjectConfig, name) for name in ("tiny", "tiny-branches"))
+    assert branched.train == today.train and branched.scaling.design == "branches" and today.scaling.design == "runs"
+    ratio = ladder_flops(branched.scaling, branched.train, split) / ladder_flops(today.scaling, today.train, split)
+    assert 0.95 <= ratio <= 1.0
+    # Each rung's branch and stable run are two points: 20 for the fit, 2 of them the held-out top rung's.
+    assert sum(len(branches(branched.scaling, rung, SEQ_LEN)) + 1 for rung in plan(branched.scaling, branched.train, split)) == 20
