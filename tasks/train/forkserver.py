@@ -144,16 +144,17 @@ class ForkServer:
                 return os.path.join(self._dir.name, "socket")
             self._dir = tempfile.TemporaryDirectory(prefix="ladder-forkserver-")
             path = os.path.join(self._dir.name, "socket")
-            errors = open(os.path.join(self._dir.name, "server.log"), "wb")
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "tasks.train.forkserver", path], cwd=cwd, env=env,
-                stdin=subprocess.PIPE, stdout=errors, stderr=subprocess.STDOUT,
-            )
+            server_log = Path(self._dir.name) / "server.log"
+            with server_log.open("wb") as out:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "tasks.train.forkserver", path], cwd=cwd, env=env,
+                    stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                )
             deadline = time.monotonic() + START_TIMEOUT_S
             while not os.path.exists(path):
                 if self._proc.poll() is not None or time.monotonic() > deadline:
                     self._proc.kill()
-                    log = Path(errors.name).read_text(errors="replace")[-3000:]
+                    log = server_log.read_text(errors="replace")[-3000:]
                     raise RuntimeError(f"the training fork server did not start (exit {self._proc.wait()}):\n{log}")
                 time.sleep(0.05)
             return path
